@@ -1,0 +1,24 @@
+//! The square demo app and other real gRPC peers for weft's demo, tests and
+//! benchmarks:
+//!
+//! - [`square`]: the `Square` service (`value → value²` and the replica's
+//!   hostname) with knobs for delay, jitter, errors and HTTP/2
+//!   `max_concurrent_streams`, plus `grpc.health.v1`;
+//! - [`interop`]: the gRPC interop `TestService`, for streaming, status and
+//!   metadata checks;
+//! - [`l4`]: a connection-level balancer that behaves like a Kubernetes
+//!   Service (one replica per TCP connection).
+
+pub mod interop;
+pub mod l4;
+pub mod square;
+
+/// This machine's hostname, or `unknown`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

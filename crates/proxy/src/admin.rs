@@ -1,0 +1,219 @@
+//! The admin server: `/metrics` (Prometheus text), `/ready`, `/live`,
+//! `/config` (the effective configuration), `/balancers` (every balancer's
+//! endpoints with their state, latency estimate and load) and `/shutdown`
+//! (POST, from loopback only). It runs off the data path: `main` gives it
+//! a thread and runtime of its own.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::mpsc};
+
+use crate::{Direction, router::Router};
+
+/// What the admin server reports on and controls.
+pub struct AdminState {
+    pub registry: Registry,
+    pub config_json: String,
+    pub routers: Vec<(Direction, Arc<Router>)>,
+    pub ready: Arc<AtomicBool>,
+    pub shutdown: mpsc::UnboundedSender<()>,
+}
+
+/// Serves admin requests until `stop` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req, peer)) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut text = String::with_capacity(16 * 1024);
+            match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "metrics encoding failed\n".into(),
+                ),
+            }
+        }
+        (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n".into()),
+        (&Method::GET, "/ready") => {
+            if state.ready.load(Ordering::Relaxed) {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        (&Method::GET, "/config") => reply(
+            StatusCode::OK,
+            "application/json",
+            state.config_json.clone(),
+        ),
+        (&Method::GET, "/balancers") => {
+            let all: Vec<serde_json::Value> = state
+                .routers
+                .iter()
+                .flat_map(|(dir, r)| {
+                    r.views()
+                        .into_iter()
+                        .map(move |v| serde_json::json!({"direction": dir.label(), "balancer": v}))
+                })
+                .collect();
+            let body = serde_json::to_string_pretty(&all).unwrap_or_default();
+            reply(StatusCode::OK, "application/json", body + "\n")
+        }
+        (&Method::POST, "/shutdown") => {
+            if !peer.ip().is_loopback() {
+                return reply(
+                    StatusCode::FORBIDDEN,
+                    "text/plain",
+                    "shutdown is only accepted from localhost\n".into(),
+                );
+            }
+            let _ = state.shutdown.send(());
+            reply(StatusCode::OK, "text/plain", "shutting down\n".into())
+        }
+        (_, "/metrics" | "/live" | "/ready" | "/config" | "/balancers" | "/shutdown") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics /ready /live /config /balancers, or POST /shutdown\n".into(),
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Exposes every balancer's per-endpoint state as metrics at scrape time.
+#[derive(Debug)]
+pub struct BalancerCollector {
+    pub routers: Vec<(Direction, Weak<Router>)>,
+}
+
+impl Collector for BalancerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut rows = Vec::new();
+        for (dir, router) in &self.routers {
+            let Some(router) = router.upgrade() else {
+                continue;
+            };
+            for b in router.views() {
+                for e in b.endpoints {
+                    let labels = vec![
+                        ("direction", dir.label().to_string()),
+                        ("target", b.target.clone()),
+                        ("protocol", b.protocol.to_string()),
+                        ("endpoint", e.name.clone()),
+                        ("addr", e.addr.clone()),
+                    ];
+                    rows.push((labels, e));
+                }
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "endpoint_latency_estimate_seconds",
+            "Peak-EWMA latency estimate per endpoint (decayed to now)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, e) in &rows {
+            ConstGauge::new(e.ewma_ms / 1e3).encode(m.encode_family(l)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "endpoint_in_flight",
+            "Requests in flight per endpoint",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, e) in &rows {
+            ConstGauge::new(e.in_flight as i64).encode(m.encode_family(l)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "endpoint_ready",
+            "1 when the endpoint can take requests, 0 while connecting or backing off",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, e) in &rows {
+            ConstGauge::new(i64::from(e.state == "ready")).encode(m.encode_family(l)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "endpoint_picked",
+            "Requests the balancer sent to each endpoint",
+            None,
+            MetricType::Counter,
+        )?;
+        for (l, e) in &rows {
+            ConstCounter::new(e.served).encode(m.encode_family(l)?)?;
+        }
+        Ok(())
+    }
+}

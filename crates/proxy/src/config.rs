@@ -1,0 +1,323 @@
+//! Configuration: command-line flags and `WEFT_*` environment variables,
+//! each parsed by one function into a validated value. This is the only
+//! module that reads flags or the environment.
+
+use std::{
+    collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration,
+};
+
+use clap::{Parser, ValueEnum};
+
+/// weft-proxy: a transparent sidecar that balances every HTTP/2, gRPC and
+/// HTTP/1.1 request across a service's endpoints.
+///
+/// Outbound (port 4140) the app's connections arrive either redirected by
+/// iptables (transparent mode: the target is the connection's original
+/// destination) or dialled explicitly (the target is the request's
+/// `:authority`/`Host`). The proxy detects the protocol; HTTP/2 and HTTP/1.1
+/// requests are balanced one by one (power of two choices over peak-EWMA
+/// latency by default), anything else is forwarded as opaque TCP.
+///
+/// Inbound (port 4143) connections are forwarded to the local app over pooled
+/// connections. The admin port (4191) serves /metrics, /ready, /live,
+/// /config, /balancers and /shutdown.
+///
+/// Every flag can also be set with the environment variable shown. Durations
+/// take a unit: 500us, 250ms, 10s, 2m.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "weft-proxy", version, verbatim_doc_comment)]
+pub struct Config {
+    /// Outbound listener address, or `off`.
+    #[arg(long, env = "WEFT_OUTBOUND_LISTEN", default_value = "127.0.0.1:4140")]
+    pub outbound_listen: Listen,
+
+    /// Inbound listener address, or `off`.
+    #[arg(long, env = "WEFT_INBOUND_LISTEN", default_value = "0.0.0.0:4143")]
+    pub inbound_listen: Listen,
+
+    /// Admin listener address (metrics, readiness, shutdown), or `off`.
+    #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "0.0.0.0:4191")]
+    pub admin_listen: Listen,
+
+    /// Where inbound traffic goes: the local app's address. Without it the
+    /// inbound listener is transparent and forwards to 127.0.0.1 on the
+    /// connection's original destination port.
+    #[arg(long, env = "WEFT_INBOUND_FORWARD")]
+    pub inbound_forward: Option<SocketAddr>,
+
+    /// YAML file mapping each service authority to its endpoints; re-read
+    /// when it changes (checked every 250 ms).
+    #[arg(long, env = "WEFT_DISCOVERY_FILE")]
+    pub discovery_file: Option<PathBuf>,
+
+    /// How each request picks an endpoint.
+    #[arg(long, env = "WEFT_BALANCER", value_enum, default_value_t = Algorithm::PeakEwma)]
+    pub balancer: Algorithm,
+
+    /// Peak-EWMA: the latency estimate a new endpoint starts with.
+    #[arg(long, env = "WEFT_EWMA_DEFAULT_RTT", default_value = "30ms", value_parser = parse_duration)]
+    pub ewma_default_rtt: Duration,
+
+    /// Peak-EWMA: time constant with which faster samples pull the estimate
+    /// down (a slower sample replaces it at once).
+    #[arg(long, env = "WEFT_EWMA_DECAY", default_value = "10s", value_parser = parse_duration)]
+    pub ewma_decay: Duration,
+
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as opaque TCP (server-speaks-first protocols).
+    #[arg(long, env = "WEFT_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// Destination ports forwarded as opaque TCP with no protocol detection,
+    /// comma separated (empty for none).
+    #[arg(
+        long,
+        env = "WEFT_OPAQUE_PORTS",
+        default_value = "25,587,3306,4444,5432,6379,9300,11211"
+    )]
+    pub opaque_ports: PortSet,
+
+    /// How long a request waits for a ready endpoint before it fails with
+    /// gRPC UNAVAILABLE (HTTP 503).
+    #[arg(long, env = "WEFT_FAIL_FAST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub fail_fast_timeout: Duration,
+
+    /// TCP connect timeout towards endpoints and the local app.
+    #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Safety bound on concurrent HTTP/2 streams per client connection (the
+    /// proxy's SETTINGS_MAX_CONCURRENT_STREAMS). Upstream, the endpoint's own
+    /// limit is always honoured; the proxy adds none.
+    #[arg(long, env = "WEFT_MAX_CONCURRENT_STREAMS", default_value_t = 10_000)]
+    pub max_concurrent_streams: u32,
+
+    /// Largest request header block accepted, in bytes (HTTP/2 header list;
+    /// HTTP/1.1 request head).
+    #[arg(long, env = "WEFT_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: u32,
+
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, env = "WEFT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// A service's balancer (its endpoint connections and latency state) is
+    /// dropped after this long without requests.
+    #[arg(long, env = "WEFT_BALANCER_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub balancer_idle_timeout: Duration,
+
+    /// Data-path worker threads. 1 keeps the proxy on one core (a sidecar's
+    /// usual budget).
+    #[arg(long, env = "WEFT_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `weft_proxy=debug`.
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// The defaults, as if started with no flags and no environment.
+    pub fn defaults() -> Self {
+        // Parsing an empty command line can only fail if a default is
+        // invalid, which the unit tests below rule out.
+        #[allow(clippy::expect_used)]
+        Self::try_parse_from(["weft-proxy"]).expect("the default configuration is valid")
+    }
+
+    /// Parses a command line (the first item is the program name).
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args)
+    }
+
+    /// The effective configuration as JSON (printed at start, served on admin).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "outbound_listen": self.outbound_listen.to_string(),
+            "inbound_listen": self.inbound_listen.to_string(),
+            "admin_listen": self.admin_listen.to_string(),
+            "inbound_forward": self.inbound_forward.map(|a| a.to_string()),
+            "discovery_file": self.discovery_file.as_ref().map(|p| p.display().to_string()),
+            "balancer": self.balancer.to_string(),
+            "ewma_default_rtt_ms": self.ewma_default_rtt.as_secs_f64() * 1e3,
+            "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
+            "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,
+            "opaque_ports": self.opaque_ports.0.iter().collect::<Vec<_>>(),
+            "fail_fast_timeout_ms": self.fail_fast_timeout.as_secs_f64() * 1e3,
+            "connect_timeout_ms": self.connect_timeout.as_secs_f64() * 1e3,
+            "max_concurrent_streams": self.max_concurrent_streams,
+            "max_header_bytes": self.max_header_bytes,
+            "shutdown_grace_ms": self.shutdown_grace.as_secs_f64() * 1e3,
+            "balancer_idle_timeout_ms": self.balancer_idle_timeout.as_secs_f64() * 1e3,
+            "threads": self.threads,
+        })
+    }
+}
+
+/// A listener address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+impl Listen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::On(a) => Some(a),
+        }
+    }
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::On)
+            .map_err(|_| format!("`{s}` is neither `off` nor an address like 127.0.0.1:4140"))
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Off => f.write_str("off"),
+            Listen::On(a) => a.fmt(f),
+        }
+    }
+}
+
+/// The balancing algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Algorithm {
+    /// Power of two choices over peak-EWMA latency × (in-flight + 1).
+    PeakEwma,
+    /// The endpoint with the fewest requests in flight (random among ties).
+    LeastRequest,
+    /// Each ready endpoint in turn.
+    RoundRobin,
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::PeakEwma => "peak-ewma",
+            Algorithm::LeastRequest => "least-request",
+            Algorithm::RoundRobin => "round-robin",
+        })
+    }
+}
+
+/// A set of TCP ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet(pub BTreeSet<u16>);
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.contains(&port)
+    }
+}
+
+impl FromStr for PortSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut set = BTreeSet::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let port: u16 = part
+                .parse()
+                .map_err(|_| format!("`{part}` is not a port number (1-65535)"))?;
+            if port == 0 {
+                return Err("port 0 is not a destination port".into());
+            }
+            set.insert(port);
+        }
+        Ok(PortSet(set))
+    }
+}
+
+/// Parses a duration with a unit: `500us`, `250ms`, `10s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 250ms, 10s or 2m"))?;
+    let scale = match unit.trim() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("`{s}` needs a unit: us, ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "`{other}` is not a duration unit (us, ms, s, m, h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("`{s}` is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::defaults();
+        assert_eq!(
+            c.outbound_listen,
+            Listen::On("127.0.0.1:4140".parse().unwrap())
+        );
+        assert_eq!(c.ewma_default_rtt, Duration::from_millis(30));
+        assert_eq!(c.ewma_decay, Duration::from_secs(10));
+        assert!(c.opaque_ports.contains(3306));
+        assert_eq!(c.balancer, Algorithm::PeakEwma);
+        assert_eq!(c.to_json()["balancer"], "peak-ewma");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
+        assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
+        assert!(
+            parse_duration("10parsecs")
+                .unwrap_err()
+                .contains("not a duration unit")
+        );
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_value() {
+        let err = Config::try_parse_from(["weft-proxy", "--detect-timeout", "10"]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("--detect-timeout"), "{msg}");
+        assert!(msg.contains("needs a unit"), "{msg}");
+        let err = Config::try_parse_from(["weft-proxy", "--opaque-ports", "25,smtp"]).unwrap_err();
+        assert!(err.to_string().contains("`smtp` is not a port"), "{err}");
+        let err = Config::try_parse_from(["weft-proxy", "--balancer", "random"]).unwrap_err();
+        assert!(err.to_string().contains("random"), "{err}");
+    }
+
+    #[test]
+    fn listeners_can_be_off() {
+        let c = Config::try_parse_from(["weft-proxy", "--inbound-listen", "off"]).unwrap();
+        assert_eq!(c.inbound_listen, Listen::Off);
+        assert!("nonsense".parse::<Listen>().is_err());
+    }
+}

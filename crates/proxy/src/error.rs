@@ -1,0 +1,204 @@
+//! The ways a proxied request can fail, and the one place that turns each
+//! into a gRPC status or HTTP status with a message a user can act on.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::StatusCode;
+
+use crate::discovery::Authority;
+
+/// gRPC status codes the proxy produces itself.
+pub mod code {
+    pub const CANCELLED: u16 = 1;
+    pub const UNKNOWN: u16 = 2;
+    pub const INVALID_ARGUMENT: u16 = 3;
+    pub const DEADLINE_EXCEEDED: u16 = 4;
+    pub const RESOURCE_EXHAUSTED: u16 = 8;
+    pub const INTERNAL: u16 = 13;
+    pub const UNAVAILABLE: u16 = 14;
+}
+
+/// Why a request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request names no usable target: {0}")]
+    NoTarget(String),
+    #[error("no service named {0} is known to discovery")]
+    UnknownService(Authority),
+    #[error("discovery has no answer for {target} yet: {reason}")]
+    DiscoveryPending { target: Authority, reason: Arc<str> },
+    #[error("discovery lists no endpoints for {0}")]
+    NoEndpoints(Authority),
+    #[error("no endpoint of {target} became ready within {waited:?}: {detail}")]
+    Unavailable {
+        target: Authority,
+        waited: Duration,
+        detail: String,
+    },
+    #[error("deadline exceeded (grpc-timeout {0:?})")]
+    DeadlineExceeded(Duration),
+    #[error("endpoint {name} ({addr}) reset the stream: {reason}")]
+    UpstreamReset {
+        name: Arc<str>,
+        addr: SocketAddr,
+        reason: h2::Reason,
+    },
+    #[error("endpoint {name} ({addr}) failed: {detail}")]
+    Upstream {
+        name: Arc<str>,
+        addr: SocketAddr,
+        detail: String,
+    },
+}
+
+/// Whose fault a failure is, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Downstream,
+    Upstream,
+    Discovery,
+}
+
+impl ProxyError {
+    /// The gRPC status a gRPC client receives.
+    pub fn grpc_code(&self) -> u16 {
+        match self {
+            ProxyError::NoTarget(_) => code::INVALID_ARGUMENT,
+            ProxyError::UnknownService(_)
+            | ProxyError::DiscoveryPending { .. }
+            | ProxyError::NoEndpoints(_)
+            | ProxyError::Unavailable { .. } => code::UNAVAILABLE,
+            ProxyError::DeadlineExceeded(_) => code::DEADLINE_EXCEEDED,
+            ProxyError::UpstreamReset { reason, .. } => match *reason {
+                h2::Reason::CANCEL => code::CANCELLED,
+                h2::Reason::REFUSED_STREAM => code::UNAVAILABLE,
+                h2::Reason::ENHANCE_YOUR_CALM => code::RESOURCE_EXHAUSTED,
+                _ => code::INTERNAL,
+            },
+            ProxyError::Upstream { .. } => code::UNAVAILABLE,
+        }
+    }
+
+    /// The HTTP status a plain HTTP client receives.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoTarget(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownService(_)
+            | ProxyError::DiscoveryPending { .. }
+            | ProxyError::NoEndpoints(_)
+            | ProxyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamReset { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+
+    /// A short label for the `error` metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::NoTarget(_) => "no_target",
+            ProxyError::UnknownService(_) => "unknown_service",
+            ProxyError::DiscoveryPending { .. } => "discovery_pending",
+            ProxyError::NoEndpoints(_) => "no_endpoints",
+            ProxyError::Unavailable { .. } => "unavailable",
+            ProxyError::DeadlineExceeded(_) => "deadline_exceeded",
+            ProxyError::UpstreamReset { .. } => "upstream_reset",
+            ProxyError::Upstream { .. } => "upstream",
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::NoTarget(_) | ProxyError::DeadlineExceeded(_) => Fault::Downstream,
+            ProxyError::UnknownService(_)
+            | ProxyError::DiscoveryPending { .. }
+            | ProxyError::NoEndpoints(_) => Fault::Discovery,
+            ProxyError::Unavailable { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::Upstream { .. } => Fault::Upstream,
+        }
+    }
+
+    /// Classifies an error from an endpoint's HTTP client.
+    pub fn from_upstream(name: &Arc<str>, addr: SocketAddr, err: &hyper::Error) -> Self {
+        if let Some(reason) = find_h2_reason(err) {
+            if reason != h2::Reason::NO_ERROR {
+                return ProxyError::UpstreamReset {
+                    name: name.clone(),
+                    addr,
+                    reason,
+                };
+            }
+        }
+        ProxyError::Upstream {
+            name: name.clone(),
+            addr,
+            detail: chain(err),
+        }
+    }
+}
+
+/// The HTTP/2 reset reason somewhere in an error's cause chain.
+pub fn find_h2_reason(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// An error and its causes on one line.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let next = e.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = e.source();
+    }
+    s
+}
+
+/// Percent-encodes a `grpc-message` value as the gRPC spec requires.
+pub fn encode_grpc_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for b in msg.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(encode_grpc_message("plain text"), "plain text");
+        assert_eq!(encode_grpc_message("100% ✓\n"), "100%25 %E2%9C%93%0A");
+    }
+
+    #[test]
+    fn classification() {
+        let t = Authority::parse("svc:80", None).unwrap();
+        let e = ProxyError::NoEndpoints(t.clone());
+        assert_eq!(e.grpc_code(), code::UNAVAILABLE);
+        assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.fault(), Fault::Discovery);
+        assert!(e.to_string().contains("svc:80"));
+        let e = ProxyError::DeadlineExceeded(Duration::from_millis(50));
+        assert_eq!(e.grpc_code(), code::DEADLINE_EXCEEDED);
+        assert_eq!(e.http_status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+}

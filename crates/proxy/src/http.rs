@@ -1,0 +1,373 @@
+//! The HTTP proxy: each request (HTTP/2 stream or HTTP/1.1 request) is
+//! routed to a balancer, sent to the endpoint it picks, and its response
+//! streamed back untouched, with metrics recorded on the way.
+
+pub mod body;
+pub mod grpc;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::{
+    Direction,
+    discovery::Authority,
+    endpoint::{Http1Lease, InFlight, Proto},
+    error::{ProxyError, code, encode_grpc_message},
+    metrics::{Metrics, ResponseLabels, RouteMetrics, grpc_code_label, status_label},
+    router::{Dest, Router},
+};
+use body::{ObservedBody, Outcome, ProxyBody};
+
+/// What the proxy knows about an accepted connection.
+#[derive(Clone, Debug)]
+pub struct ConnMeta {
+    pub direction: Direction,
+    pub peer: SocketAddr,
+    /// The original destination (transparent mode), if the connection was redirected.
+    pub orig_dst: Option<SocketAddr>,
+    /// Inbound: the local app's address.
+    pub app: Option<SocketAddr>,
+    pub proto: Proto,
+}
+
+/// Proxies HTTP requests for one direction.
+pub struct HttpProxy {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    fail_fast: Duration,
+}
+
+impl HttpProxy {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, fail_fast: Duration) -> Self {
+        HttpProxy {
+            router,
+            metrics,
+            fail_fast,
+        }
+    }
+
+    /// Proxies one request. Never fails: errors become gRPC or HTTP error
+    /// responses that say what went wrong.
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnMeta) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let grpc = grpc::is_grpc(req.headers());
+        let direction = conn.direction.label();
+        let dest = match self.dest(&req, conn) {
+            Ok(d) => d,
+            Err(e) => {
+                let target: Arc<str> = Arc::from("unknown");
+                let route = self
+                    .metrics
+                    .route(direction, &target, req.uri().path(), grpc);
+                route.requests.inc();
+                return self.fail(&route, e, grpc, start);
+            }
+        };
+        let balancer = self.router.balancer(&dest, conn.proto);
+        let route = self
+            .metrics
+            .route(direction, &balancer.label, req.uri().path(), grpc);
+        route.requests.inc();
+
+        let timeout = if grpc {
+            req.headers()
+                .get("grpc-timeout")
+                .and_then(grpc::parse_timeout)
+        } else {
+            None
+        };
+        let deadline = timeout.map(|t| start + t);
+        let fail_fast = start + self.fail_fast;
+        let pick_deadline = deadline.map_or(fail_fast, |d| d.min(fail_fast));
+
+        if conn.proto == Proto::Http1 {
+            strip_hop_by_hop(req.headers_mut());
+        }
+
+        let forward = async {
+            let mut req = req;
+            // A request that never left the proxy (its connection closed
+            // under it) is sent again to another endpoint, a few times.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let in_flight = balancer.pick(pick_deadline).await?;
+                let ep = in_flight.endpoint.clone();
+                let sent = Instant::now();
+                let result = match conn.proto {
+                    Proto::Http1 => ep.send_http1(req).await.map(|(r, lease)| (r, Some(lease))),
+                    _ => ep.send_h2(req).await.map(|r| (r, None)),
+                };
+                match result {
+                    Ok((resp, lease)) => {
+                        ep.observe(sent);
+                        return Ok((resp, in_flight, lease));
+                    }
+                    Err(f) => match f.request {
+                        Some(r) if attempts < 4 => req = r,
+                        _ => return Err(f.error),
+                    },
+                }
+            }
+        };
+        let result = match (deadline, timeout) {
+            (Some(d), Some(t)) => tokio::time::timeout_at(d, forward)
+                .await
+                .unwrap_or(Err(ProxyError::DeadlineExceeded(t))),
+            _ => forward.await,
+        };
+        let (resp, in_flight, lease) = match result {
+            Ok(ok) => ok,
+            Err(e) => return self.fail(&route, e, grpc, start),
+        };
+
+        route.latency.observe(start.elapsed().as_secs_f64());
+        let (mut parts, incoming) = resp.into_parts();
+        if conn.proto == Proto::Http1 {
+            strip_hop_by_hop(&mut parts.headers);
+        }
+        let recorder = Recorder {
+            metrics: self.metrics.clone(),
+            route,
+            endpoint: Some(in_flight),
+            lease,
+            grpc,
+            status: parts.status,
+            header_grpc_status: if grpc {
+                grpc::status(&parts.headers)
+            } else {
+                None
+            },
+        };
+        let body = ObservedBody::new(incoming, recorder, deadline.zip(timeout));
+        Response::from_parts(parts, ProxyBody::Upstream(body))
+    }
+
+    /// Where a request goes.
+    fn dest(&self, req: &Request<Incoming>, conn: &ConnMeta) -> Result<Dest, ProxyError> {
+        if let Some(app) = conn.app {
+            return Ok(Dest::Addr(app));
+        }
+        if let Some(dst) = conn.orig_dst {
+            return Ok(match self.router.discovery().service_at(dst) {
+                Some(svc) => Dest::Service(svc),
+                None => Dest::Addr(dst),
+            });
+        }
+        let authority = request_authority(req)?;
+        Ok(match authority.socket_addr() {
+            Some(addr) => match self.router.discovery().service_at(addr) {
+                Some(svc) => Dest::Service(svc),
+                None => Dest::Addr(addr),
+            },
+            None => Dest::Service(authority),
+        })
+    }
+
+    fn fail(
+        &self,
+        route: &Arc<RouteMetrics>,
+        err: ProxyError,
+        grpc: bool,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        tracing::debug!(target = %route.labels.target, error = %err, fault = ?err.fault(), "request failed");
+        route.latency.observe(start.elapsed().as_secs_f64());
+        let (status, grpc_code) = if grpc {
+            (StatusCode::OK, Some(err.grpc_code()))
+        } else {
+            (err.http_status(), None)
+        };
+        self.metrics
+            .responses
+            .get_or_create(&ResponseLabels {
+                direction: route.labels.direction,
+                target: route.labels.target.clone(),
+                grpc_service: route.labels.grpc_service.clone(),
+                grpc_method: route.labels.grpc_method.clone(),
+                endpoint: crate::metrics::Label::from(""),
+                classification: "failure",
+                status_code: status_label(status),
+                grpc_code: grpc_code.map_or("", grpc_code_label),
+                error: err.label(),
+            })
+            .inc();
+        error_response(&err, grpc)
+    }
+}
+
+/// A response generated by the proxy for a request it could not forward.
+pub fn error_response(err: &ProxyError, grpc: bool) -> Response<ProxyBody> {
+    let message = format!("weft: {err}");
+    let mut resp = if grpc {
+        let mut r = Response::new(ProxyBody::empty());
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(err.grpc_code()));
+        if let Ok(v) = HeaderValue::from_str(&encode_grpc_message(&message)) {
+            h.insert("grpc-message", v);
+        }
+        r
+    } else {
+        let mut r = Response::new(ProxyBody::text(format!("{message}\n")));
+        *r.status_mut() = err.http_status();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    resp.headers_mut()
+        .insert("weft-proxy-error", HeaderValue::from_static(err.label()));
+    resp
+}
+
+/// The target named by a request: `:authority` (HTTP/2, or an absolute URI)
+/// or the `Host` header (HTTP/1.1).
+fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => match req.headers().get(header::HOST) {
+            Some(h) => h
+                .to_str()
+                .map_err(|_| ProxyError::NoTarget("the Host header is not text".into()))?,
+            None => return Err(ProxyError::NoTarget("no :authority or Host header".into())),
+        },
+    };
+    let default_port = match req.uri().scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    Authority::parse(raw, Some(default_port)).map_err(|e| ProxyError::NoTarget(e.to_string()))
+}
+
+/// Removes HTTP/1.1 connection-level headers, which apply to one hop only.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !name.eq_ignore_ascii_case("te") {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Records a response's outcome once, when its stream ends.
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    route: Arc<RouteMetrics>,
+    endpoint: Option<InFlight>,
+    lease: Option<Http1Lease>,
+    grpc: bool,
+    status: StatusCode,
+    header_grpc_status: Option<u16>,
+}
+
+impl Recorder {
+    fn finish(mut self, outcome: Outcome) {
+        let (grpc_code, error, ended_cleanly) = match outcome {
+            Outcome::Ended { trailers_status } => {
+                (trailers_status.or(self.header_grpc_status), "", true)
+            }
+            Outcome::Failed { grpc_code } => (Some(grpc_code), "stream_error", false),
+            Outcome::Cancelled => (Some(code::CANCELLED), "cancelled", false),
+            Outcome::DeadlineExceeded => {
+                (Some(code::DEADLINE_EXCEEDED), "deadline_exceeded", false)
+            }
+        };
+        let success = if self.grpc {
+            grpc_code == Some(0)
+        } else {
+            ended_cleanly && !self.status.is_server_error()
+        };
+        let endpoint_name = self.endpoint.as_ref().map_or_else(
+            || "".into(),
+            |e| crate::metrics::Label(e.endpoint.meta.name.clone()),
+        );
+        let labels = &self.route.labels;
+        self.metrics
+            .responses
+            .get_or_create(&ResponseLabels {
+                direction: labels.direction,
+                target: labels.target.clone(),
+                grpc_service: labels.grpc_service.clone(),
+                grpc_method: labels.grpc_method.clone(),
+                endpoint: endpoint_name,
+                classification: if success { "success" } else { "failure" },
+                status_code: status_label(self.status),
+                grpc_code: if self.grpc {
+                    grpc_code.map_or("none", grpc_code_label)
+                } else {
+                    ""
+                },
+                error,
+            })
+            .inc();
+        if let Some(lease) = self.lease.take() {
+            if ended_cleanly {
+                lease.release();
+            }
+        }
+        drop(self.endpoint.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only_responses() {
+        let err = ProxyError::NoEndpoints(Authority::parse("svc:80", None).unwrap());
+        let resp = error_response(&err, true);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "14");
+        assert!(
+            resp.headers()["grpc-message"]
+                .to_str()
+                .unwrap()
+                .contains("no endpoints for svc:80")
+        );
+        assert!(http_body::Body::is_end_stream(resp.body()));
+        let resp = error_response(&err, false);
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,204 @@
+//! Response bodies: the upstream body passed through untouched while the
+//! proxy watches for its end (to record the gRPC status, release the
+//! endpoint, return an HTTP/1.1 connection to its pool, enforce a deadline),
+//! or a body the proxy made itself.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::Recorder;
+use crate::error::{code, encode_grpc_message, find_h2_reason};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response the proxy sends.
+pub enum ProxyBody {
+    Upstream(ObservedBody),
+    Local(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Local(None)
+    }
+
+    pub fn text(s: String) -> Self {
+        ProxyBody::Local(Some(Bytes::from(s)))
+    }
+}
+
+/// How a response stream ended.
+pub enum Outcome {
+    /// The upstream ended the stream (with trailers, if any).
+    Ended { trailers_status: Option<u16> },
+    /// The upstream reset the stream or the connection failed.
+    Failed { grpc_code: u16 },
+    /// The client went away first.
+    Cancelled,
+    /// The proxy ended a gRPC stream at its deadline.
+    DeadlineExceeded,
+}
+
+/// An upstream response body, observed.
+pub struct ObservedBody {
+    inner: Option<Incoming>,
+    recorder: Option<Recorder>,
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+}
+
+impl ObservedBody {
+    pub fn new(
+        inner: Incoming,
+        recorder: Recorder,
+        deadline: Option<(tokio::time::Instant, Duration)>,
+    ) -> Self {
+        if inner.is_end_stream() {
+            // A headers-only (for gRPC, trailers-only) response: nothing
+            // more can happen, so no deadline applies.
+            let mut body = ObservedBody {
+                inner: Some(inner),
+                recorder: Some(recorder),
+                deadline: None,
+            };
+            body.finish(Outcome::Ended {
+                trailers_status: None,
+            });
+            return body;
+        }
+        let deadline =
+            deadline.map(|(at, budget)| (Box::pin(tokio::time::sleep_until(at)), budget));
+        ObservedBody {
+            inner: Some(inner),
+            recorder: Some(recorder),
+            deadline,
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(r) = self.recorder.take() {
+            r.finish(outcome);
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish(Outcome::Cancelled);
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some((sleep, budget)) = this.deadline.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                let budget = *budget;
+                this.deadline = None;
+                // Dropping the upstream body resets its stream (CANCEL), so
+                // the server learns that the call is over.
+                this.inner = None;
+                this.finish(Outcome::DeadlineExceeded);
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from(code::DEADLINE_EXCEEDED));
+                let msg = encode_grpc_message(&format!(
+                    "weft: deadline exceeded (grpc-timeout {budget:?})"
+                ));
+                if let Ok(v) = HeaderValue::from_str(&msg) {
+                    trailers.insert("grpc-message", v);
+                }
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let status = super::grpc::status(trailers);
+                    this.finish(Outcome::Ended {
+                        trailers_status: status,
+                    });
+                } else if this.inner.as_ref().is_some_and(Body::is_end_stream) {
+                    this.finish(Outcome::Ended {
+                        trailers_status: None,
+                    });
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                let grpc_code = match find_h2_reason(&e) {
+                    Some(h2::Reason::CANCEL) => code::CANCELLED,
+                    _ => code::UNAVAILABLE,
+                };
+                this.finish(Outcome::Failed { grpc_code });
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            None => {
+                this.finish(Outcome::Ended {
+                    trailers_status: None,
+                });
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Some(inner) => inner.is_end_stream() && self.deadline.is_none(),
+            None => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(inner) => inner.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Local(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Local(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! Prometheus metrics, served as text on the admin port.
+//!
+//! Every family is created once here; the data path holds cheap handles.
+//! Label cardinality is bounded: gRPC routes past [`MAX_ROUTES`] per target
+//! fold into an `overflow` label.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Distinct gRPC routes (service/method) tracked per target; more fold into
+/// `grpc_service="overflow"`.
+pub const MAX_ROUTES: usize = 100;
+
+/// Latency buckets in seconds: 50 µs to 30 s, about 1.5× apart, fine enough
+/// to read p99.9 between neighbouring buckets.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+    0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0,
+    3.0, 5.0, 10.0, 30.0,
+];
+
+/// A shared label value (an `Arc<str>`, cheap to clone per request).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for Label {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Label {
+    fn from(s: &str) -> Self {
+        Label(s.into())
+    }
+}
+
+impl From<Arc<str>> for Label {
+    fn from(s: Arc<str>) -> Self {
+        Label(s)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectLabels {
+    pub direction: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+/// A request's route: which target, and for gRPC which service and method.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub direction: &'static str,
+    pub target: Label,
+    pub grpc_service: Label,
+    pub grpc_method: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub direction: &'static str,
+    pub target: Label,
+    pub grpc_service: Label,
+    pub grpc_method: Label,
+    /// The endpoint's name (pod or replica), or `""` when no endpoint was reached.
+    pub endpoint: Label,
+    /// `success` or `failure`; gRPC is judged by `grpc-status`, HTTP by 5xx.
+    pub classification: &'static str,
+    /// The HTTP status, or `""` when the stream ended without one.
+    pub status_code: &'static str,
+    /// The gRPC status code (0-16), or `""` for plain HTTP.
+    pub grpc_code: &'static str,
+    /// Why the proxy failed the request itself, or `""`.
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: &'static str,
+    pub target: Label,
+}
+
+/// All of the proxy's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    pub detect: Family<DetectLabels, Counter>,
+    pub connection_errors: Family<ErrorLabels, Counter>,
+    pub tcp_open: Family<DirLabels, Counter>,
+    pub tcp_close: Family<DirLabels, Counter>,
+    pub tcp_active: Family<DirLabels, Gauge>,
+    pub opaque_bytes_in: Family<TcpLabels, Counter>,
+    pub opaque_bytes_out: Family<TcpLabels, Counter>,
+    pub requests: Family<RouteLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram>,
+    pub discovery_errors: Counter,
+    pub endpoint_connects: Family<TcpLabels, Counter>,
+    pub endpoint_connect_errors: Family<TcpLabels, Counter>,
+    routes: Mutex<HashMap<(&'static str, Arc<str>), RouteTable>>,
+}
+
+#[derive(Debug, Default)]
+struct RouteTable {
+    routes: HashMap<Box<str>, Arc<RouteMetrics>>,
+}
+
+/// The handles one route's requests record into, resolved once per route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    pub labels: RouteLabels,
+    pub requests: Counter,
+    pub latency: Histogram,
+}
+
+impl Metrics {
+    /// Creates the families and registers them (and `extra` collectors).
+    pub fn new() -> (Arc<Self>, Registry) {
+        let m = Metrics {
+            detect: Family::default(),
+            connection_errors: Family::default(),
+            tcp_open: Family::default(),
+            tcp_close: Family::default(),
+            tcp_active: Family::default(),
+            opaque_bytes_in: Family::default(),
+            opaque_bytes_out: Family::default(),
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS.iter().copied())
+            }),
+            discovery_errors: Counter::default(),
+            endpoint_connects: Family::default(),
+            endpoint_connect_errors: Family::default(),
+            routes: Mutex::new(HashMap::new()),
+        };
+        let mut r = Registry::with_prefix("weft");
+        r.register(
+            "detect",
+            "Protocol detection outcomes per accepted connection",
+            m.detect.clone(),
+        );
+        r.register(
+            "connection_errors",
+            "Connections closed because of an error, by reason",
+            m.connection_errors.clone(),
+        );
+        r.register("tcp_open", "Accepted TCP connections", m.tcp_open.clone());
+        r.register(
+            "tcp_close",
+            "Closed accepted TCP connections",
+            m.tcp_close.clone(),
+        );
+        r.register(
+            "tcp_active",
+            "Open accepted TCP connections",
+            m.tcp_active.clone(),
+        );
+        r.register(
+            "opaque_received_bytes",
+            "Bytes received from clients on opaque TCP connections",
+            m.opaque_bytes_in.clone(),
+        );
+        r.register(
+            "opaque_sent_bytes",
+            "Bytes sent to clients on opaque TCP connections",
+            m.opaque_bytes_out.clone(),
+        );
+        r.register(
+            "requests",
+            "HTTP and gRPC requests received",
+            m.requests.clone(),
+        );
+        r.register(
+            "responses",
+            "HTTP and gRPC responses completed, by outcome",
+            m.responses.clone(),
+        );
+        r.register(
+            "response_latency_seconds",
+            "Time from receiving a request to sending its response headers",
+            m.latency.clone(),
+        );
+        r.register(
+            "discovery_errors",
+            "Rejected versions of the discovery file",
+            m.discovery_errors.clone(),
+        );
+        r.register(
+            "endpoint_connects",
+            "Connections established to endpoints",
+            m.endpoint_connects.clone(),
+        );
+        r.register(
+            "endpoint_connect_errors",
+            "Failed connection attempts to endpoints",
+            m.endpoint_connect_errors.clone(),
+        );
+        (Arc::new(m), r)
+    }
+
+    /// The metrics of one route. `path` is the request path; gRPC paths
+    /// (`/pkg.Service/Method`) give the service and method labels.
+    pub fn route(
+        &self,
+        direction: &'static str,
+        target: &Arc<str>,
+        path: &str,
+        grpc: bool,
+    ) -> Arc<RouteMetrics> {
+        let mut tables = lock(&self.routes);
+        let table = tables.entry((direction, target.clone())).or_default();
+        let key: &str = if grpc { path } else { "" };
+        if let Some(r) = table.routes.get(key) {
+            return r.clone();
+        }
+        let (service, method) = if !grpc {
+            ("", "")
+        } else if table.routes.len() >= MAX_ROUTES {
+            ("overflow", "overflow")
+        } else {
+            split_grpc_path(path).unwrap_or(("unknown", "unknown"))
+        };
+        let labels = RouteLabels {
+            direction,
+            target: Label(target.clone()),
+            grpc_service: service.into(),
+            grpc_method: method.into(),
+        };
+        let metrics = Arc::new(RouteMetrics {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            labels,
+        });
+        if table.routes.len() < MAX_ROUTES + 1 {
+            table.routes.insert(key.into(), metrics.clone());
+        }
+        metrics
+    }
+
+    pub fn connection_error(&self, direction: &'static str, reason: &'static str) {
+        self.connection_errors
+            .get_or_create(&ErrorLabels { direction, reason })
+            .inc();
+    }
+}
+
+/// Splits `/pkg.Service/Method` into (`pkg.Service`, `Method`). Only names
+/// made of letters, digits, `.`, `_` and `-` are accepted, so a hostile path
+/// cannot put arbitrary text into metric labels.
+pub fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix('/')?;
+    let (svc, method) = rest.split_once('/')?;
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    (valid(svc) && valid(method)).then_some((svc, method))
+}
+
+/// Locks a mutex, recovering the data if another thread panicked holding it:
+/// metrics and balancer state stay usable rather than poisoning the proxy.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The text of a gRPC status code, for labels.
+pub fn grpc_code_label(code: u16) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    CODES.get(usize::from(code)).copied().unwrap_or("unknown")
+}
+
+/// The text of an HTTP status code, for labels, without allocating for the common ones.
+pub fn status_label(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 200 => "1xx",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths() {
+        assert_eq!(
+            split_grpc_path("/square.Square/Square"),
+            Some(("square.Square", "Square"))
+        );
+        assert_eq!(split_grpc_path("/nope"), None);
+        assert_eq!(split_grpc_path("/a/b/c"), None);
+        assert_eq!(split_grpc_path("/a\"b/c"), None);
+    }
+
+    #[test]
+    fn routes_are_bounded() {
+        let (m, _) = Metrics::new();
+        let target: Arc<str> = "svc:80".into();
+        for i in 0..MAX_ROUTES + 20 {
+            m.route("outbound", &target, &format!("/pkg.S/M{i}"), true);
+        }
+        let r = m.route("outbound", &target, "/pkg.S/another", true);
+        assert_eq!(&*r.labels.grpc_service, "overflow");
+        let r = m.route("outbound", &target, "/pkg.S/M3", true);
+        assert_eq!(&*r.labels.grpc_method, "M3");
+    }
+}

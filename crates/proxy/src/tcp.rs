@@ -1,0 +1,83 @@
+//! Opaque TCP: bytes forwarded unchanged in both directions, each side's
+//! half-close passed on, until both sides are done.
+
+use std::sync::Arc;
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    time::Instant,
+};
+
+use crate::{
+    endpoint::Proto,
+    error::ProxyError,
+    http::ConnMeta,
+    metrics::{Metrics, TcpLabels},
+    router::{Dest, Router},
+};
+
+/// Forwards an opaque connection to its destination.
+pub async fn forward<C>(
+    mut client: C,
+    conn: &ConnMeta,
+    router: &Router,
+    metrics: &Metrics,
+    fail_fast: std::time::Duration,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let direction = conn.direction.label();
+    let dest = match (conn.app, conn.orig_dst) {
+        (Some(app), _) => Dest::Addr(app),
+        (None, Some(dst)) => match router.discovery().service_at(dst) {
+            Some(svc) => Dest::Service(svc),
+            None => Dest::Addr(dst),
+        },
+        (None, None) => {
+            // Explicit mode: nothing but HTTP names its target.
+            tracing::debug!(peer = %conn.peer, "closing a non-HTTP connection that has no original destination");
+            metrics.connection_error(direction, "no_destination");
+            return;
+        }
+    };
+    let balancer = router.balancer(&dest, Proto::Opaque);
+    let in_flight = match balancer.pick(Instant::now() + fail_fast).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::info!(peer = %conn.peer, error = %e, "opaque connection refused");
+            metrics.connection_error(direction, "no_endpoint");
+            return;
+        }
+    };
+    let mut upstream: TcpStream = match in_flight.endpoint.connect_opaque().await {
+        Ok(s) => s,
+        Err(e) => {
+            let e: ProxyError = e;
+            tracing::info!(peer = %conn.peer, error = %e, "opaque connection failed");
+            metrics.connection_error(direction, "connect_failed");
+            return;
+        }
+    };
+    let labels = TcpLabels {
+        direction,
+        target: Arc::clone(&balancer.label).into(),
+    };
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((from_client, to_client)) => {
+            metrics
+                .opaque_bytes_in
+                .get_or_create(&labels)
+                .inc_by(from_client);
+            metrics
+                .opaque_bytes_out
+                .get_or_create(&labels)
+                .inc_by(to_client);
+        }
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "opaque connection ended with an error");
+            metrics.connection_error(direction, "opaque_io");
+        }
+    }
+    drop(in_flight);
+}

@@ -112,10 +112,7 @@ impl TestService for TestServiceImpl {
         Ok(Response::new(Empty {}))
     }
 
-    async fn unary_call(
-        &self,
-        request: Request<SimpleRequest>,
-    ) -> Result<Response<SimpleResponse>, Status> {
+    async fn unary_call(&self, request: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
         let mut g = self.guard();
         g.done = true;
         let req = request.into_inner();
@@ -264,8 +261,7 @@ where
 {
     type Response = http::Response<EchoBody>;
     type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -303,10 +299,7 @@ impl Body for EchoBody {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
@@ -371,9 +364,5 @@ pub async fn spawn() -> std::io::Result<TestServerHandle> {
     let addr = listener.local_addr()?;
     let service = TestServiceImpl::default();
     let task = tokio::spawn(serve(listener, service.clone(), std::future::pending()));
-    Ok(TestServerHandle {
-        addr,
-        service,
-        task,
-    })
+    Ok(TestServerHandle { addr, service, task })
 }

@@ -30,9 +30,7 @@ pub async fn serve(listener: TcpListener, backends: Arc<Vec<SocketAddr>>) {
 }
 
 /// Starts the balancer on `127.0.0.1:0`; returns its address and task.
-pub async fn spawn(
-    backends: Vec<SocketAddr>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn spawn(backends: Vec<SocketAddr>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     Ok((addr, tokio::spawn(serve(listener, Arc::new(backends)))))

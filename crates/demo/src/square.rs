@@ -130,10 +130,7 @@ impl Square for SquareService {
         guard.done = true;
         if b.error_rate > 0.0 && fastrand::f64() < b.error_rate {
             let code = tonic::Code::from_i32(i32::try_from(b.error_code).unwrap_or(2));
-            return Err(Status::new(
-                code,
-                format!("{} failed this call on purpose", self.name),
-            ));
+            return Err(Status::new(code, format!("{} failed this call on purpose", self.name)));
         }
         let value = request.into_inner().value;
         Ok(Response::new(Output {

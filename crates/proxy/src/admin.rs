@@ -38,11 +38,7 @@ pub struct AdminState {
 }
 
 /// Serves admin requests until `stop` completes.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    stop: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -93,18 +89,10 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
             if state.ready.load(Ordering::Relaxed) {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready\n".into(),
-                )
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
             }
         }
-        (&Method::GET, "/config") => reply(
-            StatusCode::OK,
-            "application/json",
-            state.config_json.clone(),
-        ),
+        (&Method::GET, "/config") => reply(StatusCode::OK, "application/json", state.config_json.clone()),
         (&Method::GET, "/balancers") => {
             let all: Vec<serde_json::Value> = state
                 .routers
@@ -145,10 +133,8 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
 }
 

@@ -83,12 +83,7 @@ pub struct BalancerView {
 }
 
 impl Balancer {
-    fn new(
-        target: Authority,
-        proto: Proto,
-        params: BalanceParams,
-        client: Arc<ClientParams>,
-    ) -> Arc<Self> {
+    fn new(target: Authority, proto: Proto, params: BalanceParams, client: Arc<ClientParams>) -> Arc<Self> {
         let epoch = Instant::now();
         Arc::new(Balancer {
             label: target.as_str().into(),
@@ -159,11 +154,7 @@ impl Balancer {
                 // A new endpoint starts at the default RTT, or at the mean of
                 // the measured endpoints when that is lower: it is tried at
                 // once, and the in-flight factor keeps it from being flooded.
-                let measured: Vec<f64> = st
-                    .endpoints
-                    .iter()
-                    .filter_map(|e| e.measured_estimate(now))
-                    .collect();
+                let measured: Vec<f64> = st.endpoints.iter().filter_map(|e| e.measured_estimate(now)).collect();
                 let initial = if measured.is_empty() {
                     self.params.default_rtt
                 } else {
@@ -173,10 +164,7 @@ impl Balancer {
                 let mut old = std::mem::take(&mut st.endpoints);
                 let mut next = Vec::with_capacity(metas.len());
                 for meta in metas.iter() {
-                    if next
-                        .iter()
-                        .any(|e: &Arc<Endpoint>| e.meta.addr == meta.addr)
-                    {
+                    if next.iter().any(|e: &Arc<Endpoint>| e.meta.addr == meta.addr) {
                         continue; // listed twice
                     }
                     match old.iter().position(|e| e.meta == *meta) {
@@ -223,11 +211,7 @@ impl Balancer {
     }
 
     pub fn in_flight(&self) -> usize {
-        lock(&self.state)
-            .endpoints
-            .iter()
-            .map(|e| e.in_flight())
-            .sum()
+        lock(&self.state).endpoints.iter().map(|e| e.in_flight()).sum()
     }
 
     /// Picks an endpoint for a request, waiting until `deadline` for one to
@@ -330,9 +314,7 @@ impl Balancer {
         drop(st);
         match chosen {
             Some(ep) => Ok(ep.start()),
-            None => Err(Wait::Retry(Unready::NotReady(
-                "no endpoint is ready".into(),
-            ))),
+            None => Err(Wait::Retry(Unready::NotReady("no endpoint is ready".into()))),
         }
     }
 
@@ -388,11 +370,7 @@ enum Unready {
 
 fn describe_unready(endpoints: &[Arc<Endpoint>]) -> String {
     let n = endpoints.len();
-    let mut reasons: Vec<String> = endpoints
-        .iter()
-        .take(3)
-        .map(|e| e.unready_reason())
-        .collect();
+    let mut reasons: Vec<String> = endpoints.iter().take(3).map(|e| e.unready_reason()).collect();
     if n > 3 {
         reasons.push(format!("and {} more", n - 3));
     }
@@ -400,11 +378,7 @@ fn describe_unready(endpoints: &[Arc<Endpoint>]) -> String {
 }
 
 /// Applies discovery updates to a balancer while it exists.
-async fn follow(
-    balancer: Weak<Balancer>,
-    mut alive: watch::Receiver<()>,
-    mut resolution: watch::Receiver<Resolution>,
-) {
+async fn follow(balancer: Weak<Balancer>, mut alive: watch::Receiver<()>, mut resolution: watch::Receiver<Resolution>) {
     loop {
         tokio::select! {
             changed = resolution.changed() => if changed.is_err() { return },

@@ -2,9 +2,7 @@
 //! each parsed by one function into a validated value. This is the only
 //! module that reads flags or the environment.
 
-use std::{
-    collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration,
-};
+use std::{collections::BTreeSet, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -246,9 +244,7 @@ impl FromStr for PortSet {
 /// Parses a duration with a unit: `500us`, `250ms`, `10s`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
@@ -261,9 +257,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         "" => return Err(format!("`{s}` needs a unit: us, ms, s, m or h")),
         other => {
-            return Err(format!(
-                "`{other}` is not a duration unit (us, ms, s, m, h)"
-            ));
+            return Err(format!("`{other}` is not a duration unit (us, ms, s, m, h)"));
         }
     };
     Duration::try_from_secs_f64(value * scale).map_err(|_| format!("`{s}` is out of range"))
@@ -276,10 +270,7 @@ mod tests {
     #[test]
     fn defaults_parse() {
         let c = Config::defaults();
-        assert_eq!(
-            c.outbound_listen,
-            Listen::On("127.0.0.1:4140".parse().unwrap())
-        );
+        assert_eq!(c.outbound_listen, Listen::On("127.0.0.1:4140".parse().unwrap()));
         assert_eq!(c.ewma_default_rtt, Duration::from_millis(30));
         assert_eq!(c.ewma_decay, Duration::from_secs(10));
         assert!(c.opaque_ports.contains(3306));
@@ -294,11 +285,7 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
         assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
-        assert!(
-            parse_duration("10parsecs")
-                .unwrap_err()
-                .contains("not a duration unit")
-        );
+        assert!(parse_duration("10parsecs").unwrap_err().contains("not a duration unit"));
         assert!(parse_duration("fast").is_err());
     }
 

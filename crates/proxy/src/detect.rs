@@ -61,11 +61,7 @@ impl Detected {
 /// Reads from `io` into `buf` until the protocol is known, `timeout` passes,
 /// or [`DETECT_CAPACITY`] bytes have arrived. The bytes read stay in `buf`
 /// and must be replayed (see [`crate::io::PrefixedIo`]).
-pub async fn detect<T: AsyncRead + Unpin>(
-    io: &mut T,
-    buf: &mut BytesMut,
-    timeout: Duration,
-) -> io::Result<Detected> {
+pub async fn detect<T: AsyncRead + Unpin>(io: &mut T, buf: &mut BytesMut, timeout: Duration) -> io::Result<Detected> {
     let deadline = tokio::time::Instant::now() + timeout;
     buf.reserve(1024);
     loop {
@@ -123,11 +119,7 @@ fn http1_request_line(buf: &[u8]) -> Option<Detected> {
     let method_len = buf.iter().take_while(|b| is_tchar(**b)).count();
     if method_len == buf.len() {
         // Still inside the method.
-        return if method_len > MAX_METHOD {
-            NOT_HTTP
-        } else {
-            None
-        };
+        return if method_len > MAX_METHOD { NOT_HTTP } else { None };
     }
     if method_len == 0 || method_len > MAX_METHOD || buf[method_len] != b' ' {
         return NOT_HTTP;
@@ -170,19 +162,13 @@ mod tests {
     async fn run(mock: Mock) -> (Detected, Vec<u8>) {
         let mut mock = mock;
         let mut buf = BytesMut::new();
-        let d = detect(&mut mock, &mut buf, Duration::from_secs(1))
-            .await
-            .unwrap();
+        let d = detect(&mut mock, &mut buf, Duration::from_secs(1)).await.unwrap();
         (d, buf.to_vec())
     }
 
     #[tokio::test(start_paused = true)]
     async fn h2_preface_in_pieces() {
-        let (d, buf) = run(Builder::new()
-            .read(&H2_PREFACE[..5])
-            .read(&H2_PREFACE[5..])
-            .build())
-        .await;
+        let (d, buf) = run(Builder::new().read(&H2_PREFACE[..5]).read(&H2_PREFACE[5..]).build()).await;
         assert_eq!(d, Detected::Http2);
         assert_eq!(buf, H2_PREFACE);
     }

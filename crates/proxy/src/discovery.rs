@@ -42,9 +42,7 @@ impl Authority {
         if s.is_empty() {
             return Err(InvalidAuthority::Empty);
         }
-        let uri_auth: http::uri::Authority = s
-            .parse()
-            .map_err(|_| InvalidAuthority::Malformed(s.to_string()))?;
+        let uri_auth: http::uri::Authority = s.parse().map_err(|_| InvalidAuthority::Malformed(s.to_string()))?;
         if s.contains('@') {
             return Err(InvalidAuthority::Malformed(s.to_string()));
         }
@@ -166,15 +164,9 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
-    Yaml {
-        path: PathBuf,
-        source: serde_yaml::Error,
-    },
+    Yaml { path: PathBuf, source: serde_yaml::Error },
     #[error("{path}: service `{name}`: {source}")]
     Authority {
         path: PathBuf,
@@ -205,12 +197,11 @@ impl Snapshot {
         };
         let mut snap = Snapshot::default();
         for (name, svc) in doc.services {
-            let authority =
-                Authority::parse(&name, None).map_err(|source| FileError::Authority {
-                    path: path.into(),
-                    name: name.clone(),
-                    source,
-                })?;
+            let authority = Authority::parse(&name, None).map_err(|source| FileError::Authority {
+                path: path.into(),
+                name: name.clone(),
+                source,
+            })?;
             let endpoints: Arc<[EndpointMeta]> = svc
                 .endpoints
                 .into_iter()
@@ -394,19 +385,14 @@ mod tests {
     #[test]
     fn authority_normalises() {
         assert_eq!(
-            Authority::parse("Square.Demo:50051", None)
-                .unwrap()
-                .as_str(),
+            Authority::parse("Square.Demo:50051", None).unwrap().as_str(),
             "square.demo:50051"
         );
         assert_eq!(
             Authority::parse("square.demo", Some(80)).unwrap().as_str(),
             "square.demo:80"
         );
-        assert_eq!(
-            Authority::parse("[::1]:80", None).unwrap().as_str(),
-            "[::1]:80"
-        );
+        assert_eq!(Authority::parse("[::1]:80", None).unwrap().as_str(), "[::1]:80");
         assert_eq!(
             Authority::parse("square", None).unwrap_err(),
             InvalidAuthority::NoPort("square".into())
@@ -432,10 +418,7 @@ mod tests {
         assert_eq!(eps.len(), 2);
         assert_eq!(&*eps[0].name, "127.0.0.1:7001");
         assert_eq!(&*eps[1].name, "square-1");
-        assert_eq!(
-            snap.vips.get(&"10.96.0.10:50051".parse().unwrap()),
-            Some(&target)
-        );
+        assert_eq!(snap.vips.get(&"10.96.0.10:50051".parse().unwrap()), Some(&target));
         assert_eq!(
             snap.resolution(&Authority::parse("other:1", None).unwrap()),
             Resolution::Unknown
@@ -457,11 +440,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("mesh.yaml"), "{err}");
-        let err = parse(
-            "services:\n  a:1:\n    addresses: [10.0.0.1:1]\n  b:1:\n    addresses: [10.0.0.1:1]\n",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = parse("services:\n  a:1:\n    addresses: [10.0.0.1:1]\n  b:1:\n    addresses: [10.0.0.1:1]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("claimed by both"), "{err}");
     }
 
@@ -485,11 +466,7 @@ mod tests {
         let mut rx = disc.resolve(&target);
         assert!(matches!(&*rx.borrow(), Resolution::Endpoints(e) if e.len() == 1));
 
-        std::fs::write(
-            &path,
-            "services:\n  s:80:\n    endpoints: [127.0.0.1:1, 127.0.0.1:2]\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "services:\n  s:80:\n    endpoints: [127.0.0.1:1, 127.0.0.1:2]\n").unwrap();
         tokio::time::timeout(Duration::from_secs(2), rx.changed())
             .await
             .unwrap()
@@ -499,10 +476,7 @@ mod tests {
         std::fs::write(&path, "services: [oops").unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while errors.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "bad file never reported"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "bad file never reported");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(matches!(&*rx.borrow(), Resolution::Endpoints(e) if e.len() == 2));

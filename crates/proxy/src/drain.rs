@@ -37,9 +37,7 @@ impl Signal {
     /// passes. Returns `true` when everything finished in time.
     pub async fn drain(mut self, deadline: Duration) -> bool {
         let _ = self.tx.send(true);
-        tokio::time::timeout(deadline, self.done.recv())
-            .await
-            .is_ok()
+        tokio::time::timeout(deadline, self.done.recv()).await.is_ok()
     }
 
     /// Whether a drain has started.

@@ -243,9 +243,7 @@ impl Endpoint {
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            endpoint: self.clone(),
-        }
+        InFlight { endpoint: self.clone() }
     }
 
     /// Records the latency of a request sent at `sent` whose response
@@ -325,18 +323,13 @@ impl Endpoint {
     /// Opens a TCP connection to the endpoint.
     pub async fn connect_tcp(&self) -> Result<TcpStream, String> {
         let addr = self.meta.addr;
-        let stream =
-            match tokio::time::timeout(self.params.connect_timeout, TcpStream::connect(addr)).await
-            {
-                Err(_) => {
-                    return Err(format!(
-                        "connect timed out after {:?}",
-                        self.params.connect_timeout
-                    ));
-                }
-                Ok(Err(e)) => return Err(format!("connect failed: {e}")),
-                Ok(Ok(s)) => s,
-            };
+        let stream = match tokio::time::timeout(self.params.connect_timeout, TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(format!("connect timed out after {:?}", self.params.connect_timeout));
+            }
+            Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+            Ok(Ok(s)) => s,
+        };
         let _ = stream.set_nodelay(true);
         self.connects.fetch_add(1, Ordering::Relaxed);
         self.params
@@ -424,12 +417,8 @@ impl Endpoint {
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => {
-                        let error =
-                            ProxyError::from_upstream(&self.meta.name, self.meta.addr, e.error());
-                        return Err(SendFailure {
-                            error,
-                            request: None,
-                        });
+                        let error = ProxyError::from_upstream(&self.meta.name, self.meta.addr, e.error());
+                        return Err(SendFailure { error, request: None });
                     }
                 },
             }
@@ -455,15 +444,7 @@ impl Endpoint {
         Ok(sender)
     }
 
-    async fn connect_h2(
-        &self,
-    ) -> Result<
-        (
-            http2::SendRequest<Incoming>,
-            tokio::sync::oneshot::Receiver<()>,
-        ),
-        String,
-    > {
+    async fn connect_h2(&self) -> Result<(http2::SendRequest<Incoming>, tokio::sync::oneshot::Receiver<()>), String> {
         let tcp = self.connect_tcp().await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -479,12 +460,11 @@ impl Endpoint {
             .keep_alive_timeout(Duration::from_secs(10))
             .max_concurrent_reset_streams(1024);
         let handshake = builder.handshake(TokioIo::new(tcp));
-        let (sender, conn) =
-            match tokio::time::timeout(self.params.connect_timeout, handshake).await {
-                Err(_) => return Err("HTTP/2 handshake timed out".into()),
-                Ok(Err(e)) => return Err(format!("HTTP/2 handshake failed: {}", chain(&e))),
-                Ok(Ok(pair)) => pair,
-            };
+        let (sender, conn) = match tokio::time::timeout(self.params.connect_timeout, handshake).await {
+            Err(_) => return Err("HTTP/2 handshake timed out".into()),
+            Ok(Err(e)) => return Err(format!("HTTP/2 handshake failed: {}", chain(&e))),
+            Ok(Ok(pair)) => pair,
+        };
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let addr = self.meta.addr;
         tokio::spawn(async move {

@@ -88,9 +88,7 @@ impl ProxyError {
             | ProxyError::NoEndpoints(_)
             | ProxyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamReset { .. } | ProxyError::Upstream { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamReset { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -111,12 +109,12 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::NoTarget(_) | ProxyError::DeadlineExceeded(_) => Fault::Downstream,
-            ProxyError::UnknownService(_)
-            | ProxyError::DiscoveryPending { .. }
-            | ProxyError::NoEndpoints(_) => Fault::Discovery,
-            ProxyError::Unavailable { .. }
-            | ProxyError::UpstreamReset { .. }
-            | ProxyError::Upstream { .. } => Fault::Upstream,
+            ProxyError::UnknownService(_) | ProxyError::DiscoveryPending { .. } | ProxyError::NoEndpoints(_) => {
+                Fault::Discovery
+            }
+            ProxyError::Unavailable { .. } | ProxyError::UpstreamReset { .. } | ProxyError::Upstream { .. } => {
+                Fault::Upstream
+            }
         }
     }
 

@@ -205,8 +205,7 @@ mod tests {
         // 10/e and the sample gets weight 1 − 1/e.
         let t1 = t0 + Duration::from_secs(10);
         e.observe(ms(1.0), t1, t1);
-        let expect = 10.0 / std::f64::consts::E * (1.0 / std::f64::consts::E)
-            + 1.0 * (1.0 - 1.0 / std::f64::consts::E);
+        let expect = 10.0 / std::f64::consts::E * (1.0 / std::f64::consts::E) + 1.0 * (1.0 - 1.0 / std::f64::consts::E);
         assert!(
             (e.estimate_ns(t1) / MS - expect).abs() < 0.01,
             "{}",

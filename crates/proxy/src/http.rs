@@ -59,23 +59,17 @@ impl HttpProxy {
             Ok(d) => d,
             Err(e) => {
                 let target: Arc<str> = Arc::from("unknown");
-                let route = self
-                    .metrics
-                    .route(direction, &target, req.uri().path(), grpc);
+                let route = self.metrics.route(direction, &target, req.uri().path(), grpc);
                 route.requests.inc();
                 return self.fail(&route, e, grpc, start);
             }
         };
         let balancer = self.router.balancer(&dest, conn.proto);
-        let route = self
-            .metrics
-            .route(direction, &balancer.label, req.uri().path(), grpc);
+        let route = self.metrics.route(direction, &balancer.label, req.uri().path(), grpc);
         route.requests.inc();
 
         let timeout = if grpc {
-            req.headers()
-                .get("grpc-timeout")
-                .and_then(grpc::parse_timeout)
+            req.headers().get("grpc-timeout").and_then(grpc::parse_timeout)
         } else {
             None
         };
@@ -136,11 +130,7 @@ impl HttpProxy {
             lease,
             grpc,
             status: parts.status,
-            header_grpc_status: if grpc {
-                grpc::status(&parts.headers)
-            } else {
-                None
-            },
+            header_grpc_status: if grpc { grpc::status(&parts.headers) } else { None },
         };
         let body = ObservedBody::new(incoming, recorder, deadline.zip(timeout));
         Response::from_parts(parts, ProxyBody::Upstream(body))
@@ -167,13 +157,7 @@ impl HttpProxy {
         })
     }
 
-    fn fail(
-        &self,
-        route: &Arc<RouteMetrics>,
-        err: ProxyError,
-        grpc: bool,
-        start: Instant,
-    ) -> Response<ProxyBody> {
+    fn fail(&self, route: &Arc<RouteMetrics>, err: ProxyError, grpc: bool, start: Instant) -> Response<ProxyBody> {
         tracing::debug!(target = %route.labels.target, error = %err, fault = ?err.fault(), "request failed");
         route.latency.observe(start.elapsed().as_secs_f64());
         let (status, grpc_code) = if grpc {
@@ -205,10 +189,7 @@ pub fn error_response(err: &ProxyError, grpc: bool) -> Response<ProxyBody> {
     let mut resp = if grpc {
         let mut r = Response::new(ProxyBody::empty());
         let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from(err.grpc_code()));
         if let Ok(v) = HeaderValue::from_str(&encode_grpc_message(&message)) {
             h.insert("grpc-message", v);
@@ -285,24 +266,20 @@ pub struct Recorder {
 impl Recorder {
     fn finish(mut self, outcome: Outcome) {
         let (grpc_code, error, ended_cleanly) = match outcome {
-            Outcome::Ended { trailers_status } => {
-                (trailers_status.or(self.header_grpc_status), "", true)
-            }
+            Outcome::Ended { trailers_status } => (trailers_status.or(self.header_grpc_status), "", true),
             Outcome::Failed { grpc_code } => (Some(grpc_code), "stream_error", false),
             Outcome::Cancelled => (Some(code::CANCELLED), "cancelled", false),
-            Outcome::DeadlineExceeded => {
-                (Some(code::DEADLINE_EXCEEDED), "deadline_exceeded", false)
-            }
+            Outcome::DeadlineExceeded => (Some(code::DEADLINE_EXCEEDED), "deadline_exceeded", false),
         };
         let success = if self.grpc {
             grpc_code == Some(0)
         } else {
             ended_cleanly && !self.status.is_server_error()
         };
-        let endpoint_name = self.endpoint.as_ref().map_or_else(
-            || "".into(),
-            |e| crate::metrics::Label(e.endpoint.meta.name.clone()),
-        );
+        let endpoint_name = self
+            .endpoint
+            .as_ref()
+            .map_or_else(|| "".into(), |e| crate::metrics::Label(e.endpoint.meta.name.clone()));
         let labels = &self.route.labels;
         self.metrics
             .responses
@@ -338,16 +315,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-private"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

@@ -71,16 +71,15 @@ pub struct BindError {
 impl Listeners {
     /// Binds every listener the configuration enables.
     pub async fn bind(config: &Config) -> Result<Self, BindError> {
-        async fn bind(
-            role: &'static str,
-            addr: Option<SocketAddr>,
-        ) -> Result<Option<TcpListener>, BindError> {
+        async fn bind(role: &'static str, addr: Option<SocketAddr>) -> Result<Option<TcpListener>, BindError> {
             match addr {
                 None => Ok(None),
-                Some(addr) => TcpListener::bind(addr)
-                    .await
-                    .map(Some)
-                    .map_err(|source| BindError { role, addr, source }),
+                Some(addr) => {
+                    TcpListener::bind(addr)
+                        .await
+                        .map(Some)
+                        .map_err(|source| BindError { role, addr, source })
+                }
             }
         }
         Ok(Listeners {
@@ -106,11 +105,7 @@ impl Proxy {
     /// Starts the proxy on the current tokio runtime. The admin server runs
     /// on `admin_runtime` when given (main gives it a thread of its own),
     /// else beside the data path.
-    pub fn spawn(
-        config: Config,
-        listeners: Listeners,
-        admin_runtime: Option<tokio::runtime::Handle>,
-    ) -> Proxy {
+    pub fn spawn(config: Config, listeners: Listeners, admin_runtime: Option<tokio::runtime::Handle>) -> Proxy {
         let (metrics, mut registry) = metrics::Metrics::new();
         let discovery: Arc<dyn discovery::Discover> = match &config.discovery_file {
             Some(path) => {
@@ -131,12 +126,7 @@ impl Proxy {
             max_header_bytes: config.max_header_bytes,
             metrics: metrics.clone(),
         });
-        let outbound = router::Router::new(
-            discovery,
-            balance.clone(),
-            client.clone(),
-            config.balancer_idle_timeout,
-        );
+        let outbound = router::Router::new(discovery, balance.clone(), client.clone(), config.balancer_idle_timeout);
         // Inbound always forwards to the local app; discovery plays no part.
         let inbound = router::Router::new(
             Arc::new(discovery::NoDiscovery),
@@ -183,8 +173,7 @@ impl Proxy {
         if let Some(l) = listeners.admin {
             let state = Arc::new(admin::AdminState {
                 registry,
-                config_json: serde_json::to_string_pretty(&config.to_json()).unwrap_or_default()
-                    + "\n",
+                config_json: serde_json::to_string_pretty(&config.to_json()).unwrap_or_default() + "\n",
                 routers: vec![
                     (Direction::Outbound, outbound.clone()),
                     (Direction::Inbound, inbound.clone()),
@@ -213,9 +202,7 @@ impl Proxy {
             if clean {
                 tracing::info!("drained");
             } else {
-                tracing::warn!(
-                    "shutdown grace period passed with connections still open; closing them"
-                );
+                tracing::warn!("shutdown grace period passed with connections still open; closing them");
             }
             let _ = admin_stop_tx.send(());
             // Keep the routers (and their connections) alive until the end.

@@ -22,10 +22,7 @@ fn main() -> ExitCode {
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!(
-                "error: invalid value '{}' for '--log <LOG>': {e}",
-                config.log
-            );
+            eprintln!("error: invalid value '{}' for '--log <LOG>': {e}", config.log);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -35,9 +32,7 @@ fn main() -> ExitCode {
         .init();
 
     let runtime = if config.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(usize::from(config.threads))
@@ -55,10 +50,7 @@ fn main() -> ExitCode {
     // Admin (metrics scrapes, readiness) gets a small runtime of its own, so
     // it never competes with the data path's tasks and stays responsive when
     // the data path is busy.
-    let admin = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let admin = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the admin runtime: {e}");
@@ -67,13 +59,11 @@ fn main() -> ExitCode {
     };
     let admin_handle = admin.handle().clone();
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_thread = std::thread::Builder::new()
-        .name("weft-admin".into())
-        .spawn(move || {
-            admin.block_on(async {
-                let _ = admin_stopped.await;
-            })
-        });
+    let admin_thread = std::thread::Builder::new().name("weft-admin".into()).spawn(move || {
+        admin.block_on(async {
+            let _ = admin_stopped.await;
+        })
+    });
 
     let code = runtime.block_on(async move {
         let listeners = match Listeners::bind(&config).await {
@@ -109,10 +99,7 @@ fn main() -> ExitCode {
 /// has already started it).
 async fn wait_for_signal(proxy: &Proxy) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::warn!("cannot install signal handlers; stop the proxy with POST /shutdown");
         return;
     };

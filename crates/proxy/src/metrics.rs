@@ -22,9 +22,8 @@ pub const MAX_ROUTES: usize = 100;
 /// Latency buckets in seconds: 50 µs to 30 s, about 1.5× apart, fine enough
 /// to read p99.9 between neighbouring buckets.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
-    0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0,
-    3.0, 5.0, 10.0, 30.0,
+    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
+    0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
 ];
 
 /// A shared label value (an `Arc<str>`, cheap to clone per request).
@@ -157,9 +156,7 @@ impl Metrics {
             opaque_bytes_out: Family::default(),
             requests: Family::default(),
             responses: Family::default(),
-            latency: Family::new_with_constructor(|| {
-                Histogram::new(LATENCY_BUCKETS.iter().copied())
-            }),
+            latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.iter().copied())),
             discovery_errors: Counter::default(),
             endpoint_connects: Family::default(),
             endpoint_connect_errors: Family::default(),
@@ -177,16 +174,8 @@ impl Metrics {
             m.connection_errors.clone(),
         );
         r.register("tcp_open", "Accepted TCP connections", m.tcp_open.clone());
-        r.register(
-            "tcp_close",
-            "Closed accepted TCP connections",
-            m.tcp_close.clone(),
-        );
-        r.register(
-            "tcp_active",
-            "Open accepted TCP connections",
-            m.tcp_active.clone(),
-        );
+        r.register("tcp_close", "Closed accepted TCP connections", m.tcp_close.clone());
+        r.register("tcp_active", "Open accepted TCP connections", m.tcp_active.clone());
         r.register(
             "opaque_received_bytes",
             "Bytes received from clients on opaque TCP connections",
@@ -197,11 +186,7 @@ impl Metrics {
             "Bytes sent to clients on opaque TCP connections",
             m.opaque_bytes_out.clone(),
         );
-        r.register(
-            "requests",
-            "HTTP and gRPC requests received",
-            m.requests.clone(),
-        );
+        r.register("requests", "HTTP and gRPC requests received", m.requests.clone());
         r.register(
             "responses",
             "HTTP and gRPC responses completed, by outcome",
@@ -232,13 +217,7 @@ impl Metrics {
 
     /// The metrics of one route. `path` is the request path; gRPC paths
     /// (`/pkg.Service/Method`) give the service and method labels.
-    pub fn route(
-        &self,
-        direction: &'static str,
-        target: &Arc<str>,
-        path: &str,
-        grpc: bool,
-    ) -> Arc<RouteMetrics> {
+    pub fn route(&self, direction: &'static str, target: &Arc<str>, path: &str, grpc: bool) -> Arc<RouteMetrics> {
         let mut tables = lock(&self.routes);
         let table = tables.entry((direction, target.clone())).or_default();
         let key: &str = if grpc { path } else { "" };
@@ -283,10 +262,7 @@ pub fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix('/')?;
     let (svc, method) = rest.split_once('/')?;
     let valid = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 128
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     };
     (valid(svc) && valid(method)).then_some((svc, method))
 }

@@ -41,12 +41,7 @@ pub struct ServerCtx {
 }
 
 impl ServerCtx {
-    pub fn new(
-        direction: Direction,
-        router: Arc<Router>,
-        metrics: Arc<Metrics>,
-        config: &Config,
-    ) -> Self {
+    pub fn new(direction: Direction, router: Arc<Router>, metrics: Arc<Metrics>, config: &Config) -> Self {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(config.max_concurrent_streams)
@@ -102,12 +97,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: drain::Wat
     }
 }
 
-async fn serve_conn(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    ctx: Arc<ServerCtx>,
-    drain: drain::Watch,
-) {
+async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCtx>, drain: drain::Watch) {
     let direction = ctx.direction.label();
     let dir = DirLabels { direction };
     ctx.metrics.tcp_open.get_or_create(&dir).inc();
@@ -119,10 +109,9 @@ async fn serve_conn(
         (Some(app), _) => Some(app),
         // Transparent inbound: the app listens on localhost at the port the
         // client dialled.
-        (None, Some(dst)) if ctx.direction == Direction::Inbound => Some(SocketAddr::new(
-            std::net::Ipv4Addr::LOCALHOST.into(),
-            dst.port(),
-        )),
+        (None, Some(dst)) if ctx.direction == Direction::Inbound => {
+            Some(SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), dst.port()))
+        }
         _ => None,
     };
     let port = app.or(orig_dst).map(|a| a.port());
@@ -169,20 +158,13 @@ async fn serve_conn(
         Proto::Http2 | Proto::Http1 => serve_http(io, meta, &ctx, &drain).await,
         // Opaque connections cannot be drained politely: they get the
         // shutdown grace period, then close with the process.
-        Proto::Opaque => {
-            crate::tcp::forward(io, &meta, &ctx.router, &ctx.metrics, ctx.fail_fast).await
-        }
+        Proto::Opaque => crate::tcp::forward(io, &meta, &ctx.router, &ctx.metrics, ctx.fail_fast).await,
     }
     ctx.metrics.tcp_close.get_or_create(&dir).inc();
     ctx.metrics.tcp_active.get_or_create(&dir).dec();
 }
 
-async fn serve_http(
-    io: PrefixedIo<TcpStream>,
-    meta: ConnMeta,
-    ctx: &Arc<ServerCtx>,
-    drain: &drain::Watch,
-) {
+async fn serve_http(io: PrefixedIo<TcpStream>, meta: ConnMeta, ctx: &Arc<ServerCtx>, drain: &drain::Watch) {
     let direction = ctx.direction.label();
     let svc_ctx = ctx.clone();
     let svc_meta = Arc::new(meta.clone());

@@ -65,14 +65,8 @@ pub async fn forward<C>(
     };
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((from_client, to_client)) => {
-            metrics
-                .opaque_bytes_in
-                .get_or_create(&labels)
-                .inc_by(from_client);
-            metrics
-                .opaque_bytes_out
-                .get_or_create(&labels)
-                .inc_by(to_client);
+            metrics.opaque_bytes_in.get_or_create(&labels).inc_by(from_client);
+            metrics.opaque_bytes_out.get_or_create(&labels).inc_by(to_client);
         }
         Err(e) => {
             tracing::debug!(peer = %conn.peer, error = %e, "opaque connection ended with an error");

@@ -22,13 +22,9 @@ pub async fn spawn_named(name: &str) -> SocketAddr {
             tokio::spawn(async move {
                 let svc = service_fn(move |_req| {
                     let name = name.clone();
-                    async move {
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name.to_string()))))
-                    }
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name.to_string())))) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });

@@ -5,6 +5,7 @@
 pub mod http1;
 pub mod mesh;
 pub mod process;
+pub mod raw;
 
 use std::{
     future::Future,
@@ -46,22 +47,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
 }
 
 /// A plain HTTP/1.1 request without a body; returns (status, body).
-pub async fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-) -> std::io::Result<(u16, String)> {
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
@@ -82,9 +78,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             if n != name {
                 return None;
             }
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
@@ -145,9 +139,7 @@ pub fn have(cmd: &str) -> bool {
 }
 
 /// Counts replies per hostname.
-pub fn tally<'a>(
-    hosts: impl IntoIterator<Item = &'a str>,
-) -> std::collections::BTreeMap<String, usize> {
+pub fn tally<'a>(hosts: impl IntoIterator<Item = &'a str>) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
     for h in hosts {
         *m.entry(h.to_string()).or_insert(0) += 1;
@@ -157,21 +149,14 @@ pub fn tally<'a>(
 
 /// Makes `count` square calls over `channel` with `concurrency` in flight;
 /// returns the hostname of each reply (or `error:<code>` for failures).
-pub async fn square_calls(
-    channel: tonic::transport::Channel,
-    count: u64,
-    concurrency: usize,
-) -> Vec<String> {
+pub async fn square_calls(channel: tonic::transport::Channel, count: u64, concurrency: usize) -> Vec<String> {
     use futures_util::StreamExt;
     let client = weft_api::square::square_client::SquareClient::new(channel);
     futures_util::stream::iter(1..=count)
         .map(|n| {
             let mut client = client.clone();
             async move {
-                match client
-                    .square(weft_api::square::Input { value: n as i64 })
-                    .await
-                {
+                match client.square(weft_api::square::Input { value: n as i64 }).await {
                     Ok(r) => {
                         let out = r.into_inner();
                         assert_eq!(out.result, (n * n) as i64, "wrong square for {n}");
@@ -184,4 +169,61 @@ pub async fn square_calls(
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await
+}
+
+/// One call's outcome from [`OpenLoad`].
+#[derive(Clone, Debug)]
+pub struct CallRecord {
+    pub started: std::time::Instant,
+    pub finished: std::time::Instant,
+    /// The replica's hostname, or the error.
+    pub result: Result<String, tonic::Status>,
+}
+
+/// Square calls at a fixed rate (open loop) until stopped.
+pub struct OpenLoad {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<CallRecord>>,
+}
+
+impl OpenLoad {
+    /// Starts `per_second` calls per second over `channel`.
+    pub fn start(channel: tonic::transport::Channel, per_second: u32) -> OpenLoad {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let client = weft_api::square::square_client::SquareClient::new(channel);
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(per_second)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut calls = tokio::task::JoinSet::new();
+            let mut n = 0i64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                n += 1;
+                let mut client = client.clone();
+                calls.spawn(async move {
+                    let started = std::time::Instant::now();
+                    let mut req = tonic::Request::new(weft_api::square::Input { value: n });
+                    req.set_timeout(Duration::from_secs(10));
+                    let result = client.square(req).await.map(|r| r.into_inner().hostname);
+                    CallRecord { started, finished: std::time::Instant::now(), result }
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = calls.join_next().await {
+                out.extend(r.ok());
+            }
+            out.sort_by_key(|r| r.started);
+            out
+        });
+        OpenLoad { stop, task }
+    }
+
+    /// Stops sending and waits for every call to finish.
+    pub async fn finish(self) -> Vec<CallRecord> {
+        let _ = self.stop.send(true);
+        self.task.await.expect("load task")
+    }
 }

@@ -90,10 +90,7 @@ impl TestProxy {
 
     /// The proxy's Prometheus metrics.
     pub async fn metrics(&self) -> String {
-        crate::http_get(self.admin, "/metrics")
-            .await
-            .expect("GET /metrics")
-            .1
+        crate::http_get(self.admin, "/metrics").await.expect("GET /metrics").1
     }
 
     /// The proxy's balancer state (admin /balancers).

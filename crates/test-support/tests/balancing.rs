@@ -28,8 +28,7 @@ fn endpoints(replicas: &[SquareHandle]) -> Vec<(String, std::net::SocketAddr)> {
 }
 
 fn set(disc: &DiscoveryFile, eps: &[(String, std::net::SocketAddr)]) {
-    let refs: Vec<(&str, std::net::SocketAddr)> =
-        eps.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let refs: Vec<(&str, std::net::SocketAddr)> = eps.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     disc.set(SVC, &refs);
 }
 
@@ -80,11 +79,7 @@ async fn sequential_calls_spread_too() {
     eprintln!("sequential through weft: {s:?}");
     assert_eq!(s.len(), 3, "every replica answers: {s:?}");
     for (host, share) in &s {
-        assert!(
-            (0.25..=0.42).contains(share),
-            "{host} served {:.1}%",
-            share * 100.0
-        );
+        assert!((0.25..=0.42).contains(share), "{host} served {:.1}%", share * 100.0);
     }
 }
 
@@ -100,21 +95,14 @@ async fn slow_replica_share(algorithm: &str) -> f64 {
     let hosts = square_calls(proxy.channel(SVC).await, 3000, 8).await;
     let s = shares(&hosts);
     eprintln!("{algorithm} with square-2 slow: {s:?}");
-    assert!(
-        hosts.iter().all(|h| h.starts_with("square-")),
-        "a call failed"
-    );
+    assert!(hosts.iter().all(|h| h.starts_with("square-")), "a call failed");
     s.get("square-2").copied().unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_gets_little_traffic_with_peak_ewma_and_a_third_with_round_robin() {
     let ewma = slow_replica_share("peak-ewma").await;
-    assert!(
-        ewma < 0.10,
-        "peak-EWMA sent {:.1}% to the slow replica",
-        ewma * 100.0
-    );
+    assert!(ewma < 0.10, "peak-EWMA sent {:.1}% to the slow replica", ewma * 100.0);
     let rr = slow_replica_share("round-robin").await;
     assert!(
         (0.30..=0.37).contains(&rr),
@@ -132,11 +120,7 @@ async fn least_request_balances_too() {
     let s = shares(&square_calls(proxy.channel(SVC).await, 1500, 8).await);
     assert_eq!(s.len(), 3, "{s:?}");
     for (host, share) in &s {
-        assert!(
-            (0.25..=0.42).contains(share),
-            "{host} served {:.1}%",
-            share * 100.0
-        );
+        assert!((0.25..=0.42).contains(share), "{host} served {:.1}%", share * 100.0);
     }
 }
 
@@ -179,26 +163,19 @@ async fn http1_keep_alive_requests_are_balanced_one_by_one() {
         ));
     }
     let disc = DiscoveryFile::new();
-    let refs: Vec<(&str, std::net::SocketAddr)> =
-        eps.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    let refs: Vec<(&str, std::net::SocketAddr)> = eps.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     disc.set("web.test:80", &refs);
     let proxy = TestProxy::with_discovery(&disc, &[]).await;
 
     // One keep-alive connection, 300 requests, one after another.
-    let stream = tokio::net::TcpStream::connect(proxy.outbound)
+    let stream = tokio::net::TcpStream::connect(proxy.outbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
     let conn_task = tokio::spawn(conn);
     let mut names = Vec::new();
     for _ in 0..300 {
-        sender
-            .ready()
-            .await
-            .expect("the kept-alive connection is reusable");
+        sender.ready().await.expect("the kept-alive connection is reusable");
         let req = http::Request::get("/")
             .header("host", "web.test")
             .body(Empty::<bytes::Bytes>::new())
@@ -211,10 +188,7 @@ async fn http1_keep_alive_requests_are_balanced_one_by_one() {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         names.push(String::from_utf8(body.to_vec()).unwrap());
     }
-    assert!(
-        !conn_task.is_finished(),
-        "the client connection stayed open"
-    );
+    assert!(!conn_task.is_finished(), "the client connection stayed open");
     // The proxy reuses its own keep-alive connections to the servers.
     let connects = weft_test_support::metric(
         &proxy.metrics().await,
@@ -229,10 +203,6 @@ async fn http1_keep_alive_requests_are_balanced_one_by_one() {
     eprintln!("HTTP/1.1 through weft: {s:?}");
     assert_eq!(s.len(), 3, "{s:?}");
     for (host, share) in &s {
-        assert!(
-            (0.2..=0.47).contains(share),
-            "{host} served {:.1}%",
-            share * 100.0
-        );
+        assert!((0.2..=0.47).contains(share), "{host} served {:.1}%", share * 100.0);
     }
 }

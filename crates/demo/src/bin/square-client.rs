@@ -40,10 +40,7 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let authority = args
-        .authority
-        .clone()
-        .unwrap_or_else(|| args.target.clone());
+    let authority = args.authority.clone().unwrap_or_else(|| args.target.clone());
     let channel = Endpoint::from_shared(format!("http://{}", args.target))?
         .origin(format!("http://{authority}").parse()?)
         .connect_timeout(Duration::from_secs(5))

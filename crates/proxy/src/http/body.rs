@@ -55,11 +55,7 @@ pub struct ObservedBody {
 }
 
 impl ObservedBody {
-    pub fn new(
-        inner: Incoming,
-        recorder: Recorder,
-        deadline: Option<(tokio::time::Instant, Duration)>,
-    ) -> Self {
+    pub fn new(inner: Incoming, recorder: Recorder, deadline: Option<(tokio::time::Instant, Duration)>) -> Self {
         if inner.is_end_stream() {
             // A headers-only (for gRPC, trailers-only) response: nothing
             // more can happen, so no deadline applies.
@@ -68,13 +64,10 @@ impl ObservedBody {
                 recorder: Some(recorder),
                 deadline: None,
             };
-            body.finish(Outcome::Ended {
-                trailers_status: None,
-            });
+            body.finish(Outcome::Ended { trailers_status: None });
             return body;
         }
-        let deadline =
-            deadline.map(|(at, budget)| (Box::pin(tokio::time::sleep_until(at)), budget));
+        let deadline = deadline.map(|(at, budget)| (Box::pin(tokio::time::sleep_until(at)), budget));
         ObservedBody {
             inner: Some(inner),
             recorder: Some(recorder),
@@ -99,10 +92,7 @@ impl Body for ObservedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some((sleep, budget)) = this.deadline.as_mut() {
             if sleep.as_mut().poll(cx).is_ready() {
@@ -114,9 +104,7 @@ impl Body for ObservedBody {
                 this.finish(Outcome::DeadlineExceeded);
                 let mut trailers = HeaderMap::new();
                 trailers.insert("grpc-status", HeaderValue::from(code::DEADLINE_EXCEEDED));
-                let msg = encode_grpc_message(&format!(
-                    "weft: deadline exceeded (grpc-timeout {budget:?})"
-                ));
+                let msg = encode_grpc_message(&format!("weft: deadline exceeded (grpc-timeout {budget:?})"));
                 if let Ok(v) = HeaderValue::from_str(&msg) {
                     trailers.insert("grpc-message", v);
                 }
@@ -134,9 +122,7 @@ impl Body for ObservedBody {
                         trailers_status: status,
                     });
                 } else if this.inner.as_ref().is_some_and(Body::is_end_stream) {
-                    this.finish(Outcome::Ended {
-                        trailers_status: None,
-                    });
+                    this.finish(Outcome::Ended { trailers_status: None });
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -149,9 +135,7 @@ impl Body for ObservedBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             None => {
-                this.finish(Outcome::Ended {
-                    trailers_status: None,
-                });
+                this.finish(Outcome::Ended { trailers_status: None });
                 Poll::Ready(None)
             }
         }
@@ -176,10 +160,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -196,9 +177,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(b) => b.size_hint(),
-            ProxyBody::Local(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            ProxyBody::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

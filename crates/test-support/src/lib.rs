@@ -227,3 +227,19 @@ impl OpenLoad {
         self.task.await.expect("load task")
     }
 }
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// The Python interpreter of the test venv (`.venv`, made by the README's
+/// test set-up), if it exists and has grpcio.
+pub fn python() -> Option<PathBuf> {
+    let py = workspace_root().join(".venv/bin/python");
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import grpc, grpc_tools"])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(py)
+}

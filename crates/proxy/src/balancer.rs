@@ -46,7 +46,12 @@ struct State {
     known: Known,
     endpoints: Vec<Arc<Endpoint>>,
     next_rr: usize,
+    /// When to look again for avoided endpoints due for a probe.
+    next_probe_scan: Instant,
 }
+
+/// How often the balancer looks for avoided endpoints due for a probe.
+const PROBE_SCAN: Duration = Duration::from_millis(10);
 
 /// Balances one target's requests of one protocol over its endpoints.
 pub struct Balancer {
@@ -95,6 +100,7 @@ impl Balancer {
                 known: Known::Pending("waiting for discovery".into()),
                 endpoints: Vec::new(),
                 next_rr: 0,
+                next_probe_scan: epoch,
             }),
             changed: Arc::new(Notify::new()),
             epoch,
@@ -272,6 +278,15 @@ impl Balancer {
             let detail = describe_unready(&st.endpoints);
             return Err(Wait::Retry(Unready::NotReady(detail)));
         }
+        if self.params.algorithm == Algorithm::PeakEwma && ready > 1 && now >= st.next_probe_scan {
+            st.next_probe_scan = now + PROBE_SCAN;
+            if let Some(ep) = find_probe(&st.endpoints, now) {
+                ep.note_probe(now, self.params.decay);
+                let ep = ep.clone();
+                drop(st);
+                return Ok(ep.start());
+            }
+        }
         let nth_ready = |n: usize| st.endpoints.iter().filter(|e| e.is_ready(now)).nth(n);
         let chosen = match self.params.algorithm {
             Algorithm::PeakEwma => {
@@ -308,6 +323,9 @@ impl Balancer {
             }
         };
         let chosen = chosen.cloned();
+        if let (Some(ep), Algorithm::PeakEwma) = (&chosen, self.params.algorithm) {
+            ep.note_pick(now);
+        }
         if self.params.algorithm == Algorithm::RoundRobin {
             st.next_rr = st.next_rr.wrapping_add(1);
         }
@@ -353,6 +371,22 @@ fn choose<'a>(x: &'a Arc<Endpoint>, y: &'a Arc<Endpoint>, now: Instant) -> &'a A
         }
     }
     if y.in_flight() < x.in_flight() { y } else { x }
+}
+
+/// An endpoint that the balancer avoids for its latency (its load is beyond
+/// the tie band of the best one), is idle, and is due for a probe.
+fn find_probe(endpoints: &[Arc<Endpoint>], now: Instant) -> Option<&Arc<Endpoint>> {
+    let best = endpoints
+        .iter()
+        .filter(|e| e.is_ready(now))
+        .filter_map(|e| e.load(now))
+        .reduce(f64::min)?;
+    let due = |e: &&Arc<Endpoint>| e.is_ready(now) && e.load(now).is_some_and(|l| l > TIE * best) && e.probe_due(now);
+    let n = endpoints.iter().filter(due).count();
+    if n == 0 {
+        return None;
+    }
+    endpoints.iter().filter(due).nth(fastrand::usize(..n))
 }
 
 enum Wait {

@@ -73,6 +73,17 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A connection that lived shorter than this counts as a failed attempt for backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(1);
+/// An endpoint avoided for its latency gets one probe request after this
+/// long, then after twice as long each time it is still avoided (up to τ),
+/// so that the balancer learns when it has recovered.
+pub const PROBE_BASE: Duration = Duration::from_millis(50);
+
+/// What the balancer weighs, under one lock.
+struct BalanceState {
+    ewma: PeakEwma,
+    last_pick: Instant,
+    probe_every: Duration,
+}
 
 enum ConnState {
     /// Opening a connection (HTTP/2), or nothing to open yet (HTTP/1.1, opaque).
@@ -96,7 +107,7 @@ pub struct Endpoint {
     /// Wakes the balancer's waiting requests when readiness changes.
     balancer_changed: Arc<Notify>,
     state: Mutex<ConnState>,
-    ewma: Mutex<PeakEwma>,
+    balance: Mutex<BalanceState>,
     in_flight: AtomicUsize,
     served: AtomicU64,
     connects: AtomicU64,
@@ -186,7 +197,11 @@ impl Endpoint {
             params,
             balancer_changed,
             state: Mutex::new(ConnState::Idle),
-            ewma: Mutex::new(PeakEwma::new(initial_rtt, decay, Instant::now())),
+            balance: Mutex::new(BalanceState {
+                ewma: PeakEwma::new(initial_rtt, decay, Instant::now()),
+                last_pick: Instant::now(),
+                probe_every: PROBE_BASE,
+            }),
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             connects: AtomicU64::new(0),
@@ -224,9 +239,30 @@ impl Endpoint {
     /// The balancing load, latency estimate × (requests in flight + 1), or
     /// `None` while the estimate is still warming up.
     pub fn load(&self, now: Instant) -> Option<f64> {
-        let ewma = lock(&self.ewma);
-        ewma.is_warm()
-            .then(|| ewma.estimate_ns(now) * (self.in_flight.load(Ordering::Relaxed) + 1) as f64)
+        let b = lock(&self.balance);
+        b.ewma
+            .is_warm()
+            .then(|| b.ewma.estimate_ns(now) * (self.in_flight.load(Ordering::Relaxed) + 1) as f64)
+    }
+
+    /// Notes that the balancer chose this endpoint on its merits.
+    pub fn note_pick(&self, now: Instant) {
+        let mut b = lock(&self.balance);
+        b.last_pick = now;
+        b.probe_every = PROBE_BASE;
+    }
+
+    /// Whether an avoided endpoint is due for a probe request.
+    pub fn probe_due(&self, now: Instant) -> bool {
+        let b = lock(&self.balance);
+        self.in_flight() == 0 && now.saturating_duration_since(b.last_pick) >= b.probe_every
+    }
+
+    /// Notes a probe; the next one waits twice as long (at most `cap`).
+    pub fn note_probe(&self, now: Instant, cap: Duration) {
+        let mut b = lock(&self.balance);
+        b.last_pick = now;
+        b.probe_every = (b.probe_every * 2).min(cap.max(PROBE_BASE));
     }
 
     pub fn in_flight(&self) -> usize {
@@ -235,8 +271,8 @@ impl Endpoint {
 
     /// The current latency estimate, if measured.
     pub fn measured_estimate(&self, now: Instant) -> Option<f64> {
-        let e = lock(&self.ewma);
-        e.is_measured().then(|| e.estimate_ns(now))
+        let b = lock(&self.balance);
+        b.ewma.is_measured().then(|| b.ewma.estimate_ns(now))
     }
 
     /// Marks a request as in flight here.
@@ -250,7 +286,9 @@ impl Endpoint {
     /// (headers) arrived now.
     pub fn observe(&self, sent: Instant) {
         let now = Instant::now();
-        lock(&self.ewma).observe(now.saturating_duration_since(sent), sent, now);
+        lock(&self.balance)
+            .ewma
+            .observe(now.saturating_duration_since(sent), sent, now);
     }
 
     /// Stops using the endpoint: no new requests, no reconnects. Requests in
@@ -276,7 +314,8 @@ impl Endpoint {
             ConnState::Failed { error, .. } => ("ready", Some(error.to_string())),
             ConnState::Retired => ("removed", None),
         };
-        let ewma = lock(&self.ewma);
+        let b = lock(&self.balance);
+        let ewma = &b.ewma;
         EndpointView {
             name: self.meta.name.to_string(),
             addr: self.meta.addr.to_string(),

@@ -10,12 +10,13 @@
 //! ranks equal replicas by noise (we measured single replicas at 0.1 % and
 //! 54 % of traffic where a third was due; see ARCHITECTURE.md). So here:
 //!
-//! - a **spike** (a sample above [`SPIKE`] × the estimate) counts only when a
-//!   second one confirms it, from a request *sent after* the first spike
-//!   arrived; then the estimate jumps to the smaller of the two at once.
-//!   An isolated hiccup (or one stall seen by several overlapping requests)
-//!   is ignored; a replica that really turned slow is caught by its second
-//!   slow response;
+//! - a **jump** (a sample above [`JUMP`] × the estimate, or below 1/[`JUMP`]
+//!   of it) counts only when a second one in the same direction confirms
+//!   it, from a request *sent after* the first one arrived; then the
+//!   estimate moves at once (to the nearer of the two). An isolated hiccup
+//!   (or one stall seen by several overlapping requests) is ignored; a
+//!   replica that really turned slow is caught by its second slow response,
+//!   and one that recovered by its second fast one;
 //! - other samples move the estimate by weight `max(1 − e^(−Δt/τ), 1/(n+1),
 //!   1/100)`: the time constant τ for sparse samples, the plain mean for the
 //!   first ones (so a cold first request does not stick), and at least a
@@ -29,8 +30,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A sample this many times the estimate is a spike, which must be confirmed.
-pub const SPIKE: f64 = 3.0;
+/// A sample this many times above (or below) the estimate is a jump, which
+/// must be confirmed.
+pub const JUMP: f64 = 3.0;
 /// The smallest weight a normal sample gets (a memory of ~100 samples).
 const MIN_WEIGHT: f64 = 0.01;
 /// Samples before an estimate is trusted to rank an endpoint; until then the
@@ -38,7 +40,7 @@ const MIN_WEIGHT: f64 = 0.01;
 /// cannot starve it.
 pub const WARMUP: u64 = 5;
 
-/// A peak-sensitive, spike-confirmed moving average of response latency.
+/// A peak-sensitive, jump-confirmed moving average of response latency.
 #[derive(Clone, Debug)]
 pub struct PeakEwma {
     /// The estimate at `stamp`, in nanoseconds.
@@ -49,8 +51,16 @@ pub struct PeakEwma {
     decay_ns: f64,
     /// Samples taken in so far.
     samples: u64,
-    /// An unconfirmed spike: its latency and when it arrived.
-    spike: Option<(f64, Instant)>,
+    /// An unconfirmed jump.
+    pending: Option<Pending>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    up: bool,
+    /// The jump's latency (ns), and when it arrived.
+    value: f64,
+    at: Instant,
 }
 
 impl PeakEwma {
@@ -62,7 +72,7 @@ impl PeakEwma {
             stamp: now,
             decay_ns: nanos(decay).max(1.0),
             samples: 0,
-            spike: None,
+            pending: None,
         }
     }
 
@@ -80,21 +90,35 @@ impl PeakEwma {
             self.take(sample, now);
             return;
         }
-        if sample > SPIKE * current {
-            match self.spike {
-                // Confirmed by a request that started after the first spike
-                // was seen: the endpoint really is slow now.
-                Some((first, at)) if sent >= at => {
-                    self.spike = None;
-                    self.take(sample.min(first), now);
+        let up = sample > JUMP * current;
+        if up || sample * JUMP < current {
+            // The nearer of two jump samples: the smaller going up, the larger going down.
+            let nearer = |a: f64, b: f64| if up { a.min(b) } else { a.max(b) };
+            match self.pending {
+                // Confirmed by a request that started after the first jump
+                // was seen: the endpoint really changed.
+                Some(p) if p.up == up && sent >= p.at => {
+                    self.pending = None;
+                    self.take(nearer(sample, p.value), now);
                 }
                 // Overlapping requests seeing the same hiccup prove nothing more.
-                Some((first, at)) => self.spike = Some((first.min(sample), at)),
-                None => self.spike = Some((sample, now)),
+                Some(p) if p.up == up => {
+                    self.pending = Some(Pending {
+                        value: nearer(sample, p.value),
+                        ..p
+                    })
+                }
+                _ => {
+                    self.pending = Some(Pending {
+                        up,
+                        value: sample,
+                        at: now,
+                    })
+                }
             }
             return;
         }
-        self.spike = None;
+        self.pending = None;
         let elapsed = nanos(now.saturating_duration_since(self.stamp));
         let w = (1.0 - (-elapsed / self.decay_ns).exp())
             .max(1.0 / (self.samples + 1) as f64)
@@ -159,6 +183,22 @@ mod tests {
     }
 
     #[test]
+    fn a_confirmed_drop_is_followed_at_once() {
+        let t0 = Instant::now();
+        let mut e = warmed(t0, 20.0);
+        let t1 = t0 + Duration::from_millis(1);
+        e.observe(ms(1.0), t0, t1);
+        assert!(e.estimate_ns(t1) / MS > 19.0, "one fast sample is not enough");
+        let t2 = t1 + Duration::from_millis(1);
+        e.observe(ms(2.0), t1, t2);
+        assert!(
+            (e.estimate_ns(t2) / MS - 2.0).abs() < 0.01,
+            "{}",
+            e.estimate_ns(t2) / MS
+        );
+    }
+
+    #[test]
     fn an_isolated_spike_is_ignored() {
         let t0 = Instant::now();
         let mut e = warmed(t0, 0.5);
@@ -201,11 +241,11 @@ mod tests {
     fn sparse_samples_use_time_constant_tau() {
         let t0 = Instant::now();
         let mut e = warmed(t0, 10.0);
-        // Ten seconds later (one τ), a 1 ms sample: the estimate has decayed to
+        // Ten seconds later (one τ), a 2 ms sample: the estimate has decayed to
         // 10/e and the sample gets weight 1 − 1/e.
         let t1 = t0 + Duration::from_secs(10);
-        e.observe(ms(1.0), t1, t1);
-        let expect = 10.0 / std::f64::consts::E * (1.0 / std::f64::consts::E) + 1.0 * (1.0 - 1.0 / std::f64::consts::E);
+        e.observe(ms(2.0), t1, t1);
+        let expect = 10.0 / std::f64::consts::E * (1.0 / std::f64::consts::E) + 2.0 * (1.0 - 1.0 / std::f64::consts::E);
         assert!(
             (e.estimate_ns(t1) / MS - expect).abs() < 0.01,
             "{}",

@@ -208,7 +208,11 @@ impl OpenLoad {
                     let mut req = tonic::Request::new(weft_api::square::Input { value: n });
                     req.set_timeout(Duration::from_secs(10));
                     let result = client.square(req).await.map(|r| r.into_inner().hostname);
-                    CallRecord { started, finished: std::time::Instant::now(), result }
+                    CallRecord {
+                        started,
+                        finished: std::time::Instant::now(),
+                        result,
+                    }
                 });
             }
             let mut out = Vec::new();
@@ -230,7 +234,10 @@ impl OpenLoad {
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// The Python interpreter of the test venv (`.venv`, made by the README's

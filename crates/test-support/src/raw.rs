@@ -27,7 +27,11 @@ impl RawResponse {
     /// `grpc-message`, from the trailers or the headers.
     pub fn grpc_message(&self) -> String {
         let from = |h: &HeaderMap| h.get("grpc-message").and_then(|v| v.to_str().ok()).map(str::to_string);
-        self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers)).unwrap_or_default()
+        self.trailers
+            .as_ref()
+            .and_then(from)
+            .or_else(|| from(&self.headers))
+            .unwrap_or_default()
     }
 }
 
@@ -49,8 +53,7 @@ pub async fn grpc_call(
     extra_headers: &[(&str, &str)],
 ) -> anyhow::Result<RawResponse> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
     let mut req = Request::post(format!("http://{authority}{path}"))
         .header("content-type", "application/grpc")
@@ -63,5 +66,10 @@ pub async fn grpc_call(
     let (parts, body) = resp.into_parts();
     let collected = body.collect().await?;
     let trailers = collected.trailers().cloned();
-    Ok(RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers })
+    Ok(RawResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    })
 }

@@ -9,7 +9,11 @@ const SVC: &str = "square.test:50051";
 
 fn connects(balancers: &serde_json::Value, name: &str) -> Option<u64> {
     balancers.as_array()?.iter().find_map(|b| {
-        b["balancer"]["endpoints"].as_array()?.iter().find(|e| e["name"] == name)?["connects"].as_u64()
+        b["balancer"]["endpoints"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)?["connects"]
+            .as_u64()
     })
 }
 
@@ -17,10 +21,21 @@ fn connects(balancers: &serde_json::Value, name: &str) -> Option<u64> {
 async fn endpoints_removed_and_added_under_load() {
     let mut reps = Vec::new();
     for i in 0..4 {
-        reps.push(square::spawn(SquareOptions::named(format!("square-{i}"))).await.unwrap());
+        reps.push(
+            square::spawn(SquareOptions::named(format!("square-{i}")))
+                .await
+                .unwrap(),
+        );
     }
     let disc = DiscoveryFile::new();
-    disc.set(SVC, &[("square-0", reps[0].addr), ("square-1", reps[1].addr), ("square-2", reps[2].addr)]);
+    disc.set(
+        SVC,
+        &[
+            ("square-0", reps[0].addr),
+            ("square-1", reps[1].addr),
+            ("square-2", reps[2].addr),
+        ],
+    );
     let proxy = TestProxy::with_discovery(&disc, &[]).await;
     let load = OpenLoad::start(proxy.channel(SVC).await, 200);
 
@@ -36,15 +51,30 @@ async fn endpoints_removed_and_added_under_load() {
 
     // Add square-3: it must get calls within a second.
     let added = Instant::now();
-    disc.set(SVC, &[("square-0", reps[0].addr), ("square-1", reps[1].addr), ("square-3", reps[3].addr)]);
-    eventually("square-3 to receive calls", Duration::from_secs(1), || async { (reps[3].stats().calls > 0).then_some(()) })
-        .await;
+    disc.set(
+        SVC,
+        &[
+            ("square-0", reps[0].addr),
+            ("square-1", reps[1].addr),
+            ("square-3", reps[3].addr),
+        ],
+    );
+    eventually("square-3 to receive calls", Duration::from_secs(1), || async {
+        (reps[3].stats().calls > 0).then_some(())
+    })
+    .await;
     eprintln!("square-3 got its first call {:?} after it was added", added.elapsed());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let calls = load.finish().await;
     let failed: Vec<_> = calls.iter().filter(|c| c.result.is_err()).collect();
-    assert!(failed.is_empty(), "{} of {} calls failed, e.g. {:?}", failed.len(), calls.len(), failed[0].result);
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, e.g. {:?}",
+        failed.len(),
+        calls.len(),
+        failed[0].result
+    );
     assert!(calls.len() > 300, "{} calls", calls.len());
 
     // The endpoints that never changed kept their one connection.
@@ -92,5 +122,9 @@ async fn a_replica_killed_under_load_loses_only_its_calls_in_flight() {
     let after: Vec<_> = calls.iter().filter(|c| c.started > dead_at).collect();
     assert!(after.len() > 200, "{} calls after the kill", after.len());
     assert!(after.iter().all(|c| matches!(&c.result, Ok(h) if h != "square-2")));
-    eprintln!("{} calls, {} failed (in flight on the killed replica)", calls.len(), failed.len());
+    eprintln!(
+        "{} calls, {} failed (in flight on the killed replica)",
+        calls.len(),
+        failed.len()
+    );
 }

@@ -19,7 +19,12 @@ const MIB: usize = 1 << 20;
 
 /// A TestService server behind a proxy's inbound, reached through the same
 /// proxy's outbound: every call crosses two proxy hops.
-async fn two_hops() -> (TestServiceClient<Channel>, interop::TestServerHandle, TestProxy, DiscoveryFile) {
+async fn two_hops() -> (
+    TestServiceClient<Channel>,
+    interop::TestServerHandle,
+    TestProxy,
+    DiscoveryFile,
+) {
     let server = interop::spawn().await.unwrap();
     let disc = DiscoveryFile::new();
     let forward = server.addr.to_string();
@@ -38,14 +43,22 @@ async fn two_hops() -> (TestServiceClient<Channel>, interop::TestServerHandle, T
 }
 
 fn payload(n: usize) -> Option<Payload> {
-    Some(Payload { r#type: 0, body: vec![7u8; n] })
+    Some(Payload {
+        r#type: 0,
+        body: vec![7u8; n],
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_streaming_of_ten_thousand_messages() {
     let (mut client, _s, _p, _d) = two_hops().await;
     let req = StreamingOutputCallRequest {
-        response_parameters: (0..10_000).map(|i| ResponseParameters { size: i % 100, ..Default::default() }).collect(),
+        response_parameters: (0..10_000)
+            .map(|i| ResponseParameters {
+                size: i % 100,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     };
     let mut stream = client.streaming_output_call(req).await.unwrap().into_inner();
@@ -63,9 +76,18 @@ async fn client_streaming() {
     let (mut client, _s, _p, _d) = two_hops().await;
     let sizes = [27182usize, 8, 1828, 45904];
     let reqs: Vec<_> = (0..250)
-        .flat_map(|_| sizes.iter().map(|s| StreamingInputCallRequest { payload: payload(*s), ..Default::default() }))
+        .flat_map(|_| {
+            sizes.iter().map(|s| StreamingInputCallRequest {
+                payload: payload(*s),
+                ..Default::default()
+            })
+        })
         .collect();
-    let resp = client.streaming_input_call(tokio_stream::iter(reqs)).await.unwrap().into_inner();
+    let resp = client
+        .streaming_input_call(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.aggregated_payload_size, 250 * 74922);
 }
 
@@ -73,11 +95,18 @@ async fn client_streaming() {
 async fn bidi_ping_pong() {
     let (mut client, _s, _p, _d) = two_hops().await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut responses = client.full_duplex_call(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut responses = client
+        .full_duplex_call(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     for i in 0..200 {
         let size = 1 + (i * 37) % 5000;
         tx.send(StreamingOutputCallRequest {
-            response_parameters: vec![ResponseParameters { size, ..Default::default() }],
+            response_parameters: vec![ResponseParameters {
+                size,
+                ..Default::default()
+            }],
             payload: payload(i as usize),
             ..Default::default()
         })
@@ -88,13 +117,20 @@ async fn bidi_ping_pong() {
         assert_eq!(pong.payload.unwrap().body.len(), size as usize);
     }
     drop(tx);
-    assert!(responses.next().await.is_none(), "the stream ends when the client half-closes");
+    assert!(
+        responses.next().await.is_none(),
+        "the stream ends when the client half-closes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_mebibyte_messages_each_way() {
     let (mut client, _s, _p, _d) = two_hops().await;
-    let req = SimpleRequest { response_size: (8 * MIB) as i32, payload: payload(8 * MIB), ..Default::default() };
+    let req = SimpleRequest {
+        response_size: (8 * MIB) as i32,
+        payload: payload(8 * MIB),
+        ..Default::default()
+    };
     let resp = client.unary_call(req).await.expect("8 MiB each way").into_inner();
     assert_eq!(resp.payload.unwrap().body.len(), 8 * MIB);
 }
@@ -105,16 +141,26 @@ async fn every_status_code_with_its_message_and_metadata() {
     for code in 0..=16 {
         let message = format!("status {code}: ünïcödé, 100% and\nnew lines");
         let mut req = Request::new(SimpleRequest {
-            response_status: Some(EchoStatus { code, message: message.clone() }),
+            response_status: Some(EchoStatus {
+                code,
+                message: message.clone(),
+            }),
             response_size: 10,
             ..Default::default()
         });
-        req.metadata_mut().insert("x-grpc-test-echo-initial", "initial-value".parse().unwrap());
-        req.metadata_mut().insert_bin("x-grpc-test-echo-trailing-bin", MetadataValue::from_bytes(&[0xab, 0xab, 0xab]));
+        req.metadata_mut()
+            .insert("x-grpc-test-echo-initial", "initial-value".parse().unwrap());
+        req.metadata_mut().insert_bin(
+            "x-grpc-test-echo-trailing-bin",
+            MetadataValue::from_bytes(&[0xab, 0xab, 0xab]),
+        );
         match client.unary_call(req).await {
             Ok(resp) => {
                 assert_eq!(code, 0);
-                assert_eq!(resp.metadata().get("x-grpc-test-echo-initial").unwrap(), "initial-value");
+                assert_eq!(
+                    resp.metadata().get("x-grpc-test-echo-initial").unwrap(),
+                    "initial-value"
+                );
                 // Trailers of a successful unary call are not exposed by tonic's
                 // unary API; the streaming check below reads them.
             }
@@ -123,22 +169,43 @@ async fn every_status_code_with_its_message_and_metadata() {
                 assert_eq!(status.message(), message, "message of code {code}");
                 let md = status.metadata();
                 assert_eq!(md.get("x-grpc-test-echo-initial").unwrap(), "initial-value");
-                assert_eq!(md.get_bin("x-grpc-test-echo-trailing-bin").unwrap().to_bytes().unwrap().as_ref(), &[0xab; 3]);
+                assert_eq!(
+                    md.get_bin("x-grpc-test-echo-trailing-bin")
+                        .unwrap()
+                        .to_bytes()
+                        .unwrap()
+                        .as_ref(),
+                    &[0xab; 3]
+                );
             }
         }
     }
     // A successful stream: custom trailing metadata arrives in the trailers.
     let mut req = Request::new(tokio_stream::iter(vec![StreamingOutputCallRequest {
-        response_parameters: vec![ResponseParameters { size: 5, ..Default::default() }],
+        response_parameters: vec![ResponseParameters {
+            size: 5,
+            ..Default::default()
+        }],
         ..Default::default()
     }]));
-    req.metadata_mut().insert_bin("x-grpc-test-echo-trailing-bin", MetadataValue::from_bytes(&[0xab, 0xab, 0xab]));
+    req.metadata_mut().insert_bin(
+        "x-grpc-test-echo-trailing-bin",
+        MetadataValue::from_bytes(&[0xab, 0xab, 0xab]),
+    );
     let mut stream = client.full_duplex_call(req).await.unwrap().into_inner();
     while let Some(m) = stream.next().await {
         m.unwrap();
     }
     let trailers = stream.trailers().await.unwrap().expect("trailers");
-    assert_eq!(trailers.get_bin("x-grpc-test-echo-trailing-bin").unwrap().to_bytes().unwrap().as_ref(), &[0xab; 3]);
+    assert_eq!(
+        trailers
+            .get_bin("x-grpc-test-echo-trailing-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
+        &[0xab; 3]
+    );
 }
 
 /// A slow square replica behind the proxy's outbound.
@@ -160,12 +227,26 @@ async fn a_deadline_against_a_slow_server_is_exceeded_and_the_server_sees_the_ca
     // enforce the deadline itself): the proxy answers DEADLINE_EXCEEDED.
     let msg = weft_api::square::Input { value: 3 }.encode_to_vec();
     let started = std::time::Instant::now();
-    let resp = raw::grpc_call(proxy.outbound, "square.test:50051", "/square.Square/Square", &msg, &[("grpc-timeout", "50m")])
-        .await
-        .unwrap();
+    let resp = raw::grpc_call(
+        proxy.outbound,
+        "square.test:50051",
+        "/square.Square/Square",
+        &msg,
+        &[("grpc-timeout", "50m")],
+    )
+    .await
+    .unwrap();
     assert_eq!(resp.grpc_status(), Some(4), "DEADLINE_EXCEEDED: {resp:?}");
-    assert!(resp.grpc_message().contains("deadline exceeded"), "{}", resp.grpc_message());
-    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    assert!(
+        resp.grpc_message().contains("deadline exceeded"),
+        "{}",
+        resp.grpc_message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}",
+        started.elapsed()
+    );
     eventually("the server to see the cancellation", Duration::from_secs(3), || async {
         (rep.stats().cancelled == 1 && rep.stats().in_flight == 0).then_some(())
     })
@@ -177,10 +258,15 @@ async fn a_deadline_against_a_slow_server_is_exceeded_and_the_server_sees_the_ca
     let mut req = Request::new(weft_api::square::Input { value: 3 });
     req.set_timeout(Duration::from_millis(50));
     let err = client.square(req).await.unwrap_err();
-    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
-    eventually("the server to see the second cancellation", Duration::from_secs(3), || async {
-        (rep.stats().cancelled == 2 && rep.stats().in_flight == 0).then_some(())
-    })
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    eventually(
+        "the server to see the second cancellation",
+        Duration::from_secs(3),
+        || async { (rep.stats().cancelled == 2 && rep.stats().in_flight == 0).then_some(()) },
+    )
     .await;
 }
 
@@ -210,9 +296,13 @@ async fn a_server_reset_reaches_the_client() {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut conn = h2::server::handshake(tcp).await.unwrap();
         while let Some(Ok((_req, mut respond))) = conn.accept().await {
-            let resp = http::Response::builder().header("content-type", "application/grpc").body(()).unwrap();
+            let resp = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
             let mut send = respond.send_response(resp, false).unwrap();
-            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 8, 9]), false).unwrap();
+            send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 8, 9]), false)
+                .unwrap();
             send.send_reset(h2::Reason::CANCEL);
         }
     });

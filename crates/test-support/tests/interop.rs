@@ -38,7 +38,10 @@ async fn python_client(py: &std::path::Path, target: SocketAddr) -> String {
         .expect("run the Python interop client");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "Python interop client failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "Python interop client failed:\n{stdout}\n{stderr}"
+    );
     for case in [
         "empty_unary",
         "large_unary",
@@ -50,7 +53,10 @@ async fn python_client(py: &std::path::Path, target: SocketAddr) -> String {
         "cancel_after_begin",
         "timeout_on_sleeping_server",
     ] {
-        assert!(stdout.contains(&format!("PASS {case}\n")), "{case} did not pass:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("PASS {case}\n")),
+            "{case} did not pass:\n{stdout}"
+        );
     }
     stdout
 }
@@ -76,7 +82,10 @@ async fn python_server(py: &std::path::Path) -> (tokio::process::Child, SocketAd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_through_weft_to_tonic() {
     let Some(py) = python() else {
-        require(false, "the Python venv with grpcio (.venv; the README's test set-up makes it)");
+        require(
+            false,
+            "the Python venv with grpcio (.venv; the README's test set-up makes it)",
+        );
         return;
     };
     let server = interop::spawn().await.unwrap();
@@ -88,7 +97,10 @@ async fn python_client_through_weft_to_tonic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_through_weft_to_python() {
     let Some(py) = python() else {
-        require(false, "the Python venv with grpcio (.venv; the README's test set-up makes it)");
+        require(
+            false,
+            "the Python venv with grpcio (.venv; the README's test set-up makes it)",
+        );
         return;
     };
     let (_child, server) = python_server(&py).await;
@@ -99,7 +111,10 @@ async fn python_client_through_weft_to_python() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tonic_client_through_weft_to_python() {
     let Some(py) = python() else {
-        require(false, "the Python venv with grpcio (.venv; the README's test set-up makes it)");
+        require(
+            false,
+            "the Python venv with grpcio (.venv; the README's test set-up makes it)",
+        );
         return;
     };
     let (_child, server) = python_server(&py).await;
@@ -108,7 +123,10 @@ async fn tonic_client_through_weft_to_python() {
     let big = client
         .unary_call(SimpleRequest {
             response_size: 4 << 20,
-            payload: Some(Payload { r#type: 0, body: vec![1; 4 << 20] }),
+            payload: Some(Payload {
+                r#type: 0,
+                body: vec![1; 4 << 20],
+            }),
             ..Default::default()
         })
         .await
@@ -117,9 +135,20 @@ async fn tonic_client_through_weft_to_python() {
     assert_eq!(big.payload.unwrap().body.len(), 4 << 20);
     assert_eq!(big.hostname, "python");
     let req = StreamingOutputCallRequest {
-        response_parameters: (0..1000).map(|i| ResponseParameters { size: i % 50, ..Default::default() }).collect(),
+        response_parameters: (0..1000)
+            .map(|i| ResponseParameters {
+                size: i % 50,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     };
-    let n = client.streaming_output_call(req).await.unwrap().into_inner().count().await;
+    let n = client
+        .streaming_output_call(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .count()
+        .await;
     assert_eq!(n, 1000);
 }

@@ -39,9 +39,11 @@ async fn send_and_read_until_closed(addr: std::net::SocketAddr, bytes: &[u8], ha
 }
 
 async fn counted(proxy: &TestProxy, name: &str, labels: &[(&str, &str)]) {
-    eventually(&format!("{name} {labels:?} to be counted"), Duration::from_secs(3), || async {
-        (metric(&proxy.metrics().await, name, labels) >= 1.0).then_some(())
-    })
+    eventually(
+        &format!("{name} {labels:?} to be counted"),
+        Duration::from_secs(3),
+        || async { (metric(&proxy.metrics().await, name, labels) >= 1.0).then_some(()) },
+    )
     .await;
 }
 
@@ -51,7 +53,12 @@ async fn garbage_bytes_are_closed_and_counted() {
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let reply = send_and_read_until_closed(proxy.outbound, &garbage, false).await;
     assert!(reply.is_empty());
-    counted(&proxy, "weft_detect_total", &[("direction", "outbound"), ("outcome", "opaque")]).await;
+    counted(
+        &proxy,
+        "weft_detect_total",
+        &[("direction", "outbound"), ("outcome", "opaque")],
+    )
+    .await;
     counted(&proxy, "weft_connection_errors_total", &[("reason", "no_destination")]).await;
     a_normal_call_succeeds(&proxy).await;
 }
@@ -130,8 +137,17 @@ async fn oversized_headers_are_refused() {
     req.truncate(req.len());
     let reply = send_and_read_until_closed(proxy.outbound, &req, false).await;
     let text = String::from_utf8_lossy(&reply);
-    assert!(text.starts_with("HTTP/1.1 431"), "{}", text.lines().next().unwrap_or(""));
-    counted(&proxy, "weft_connection_errors_total", &[("reason", "http_headers_too_large")]).await;
+    assert!(
+        text.starts_with("HTTP/1.1 431"),
+        "{}",
+        text.lines().next().unwrap_or("")
+    );
+    counted(
+        &proxy,
+        "weft_connection_errors_total",
+        &[("reason", "http_headers_too_large")],
+    )
+    .await;
     a_normal_call_succeeds(&proxy).await;
 }
 
@@ -141,7 +157,10 @@ async fn a_client_that_opens_and_stalls_is_closed_and_counted() {
     let started = Instant::now();
     let reply = send_and_read_until_closed(proxy.outbound, b"", false).await;
     assert!(reply.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(190), "closed after the detection timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "closed after the detection timeout"
+    );
     counted(&proxy, "weft_detect_total", &[("outcome", "timeout")]).await;
     counted(&proxy, "weft_connection_errors_total", &[("reason", "no_destination")]).await;
 
@@ -162,8 +181,15 @@ async fn no_endpoints_fail_fast_with_a_message_that_says_why() {
     let started = Instant::now();
     let err = client.square(weft_api::square::Input { value: 2 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("no endpoints for square.test:50051"), "{}", err.message());
-    assert!(started.elapsed() >= Duration::from_millis(290), "waited for the fail-fast timeout");
+    assert!(
+        err.message().contains("no endpoints for square.test:50051"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "waited for the fail-fast timeout"
+    );
 
     // Endpoints that refuse connections: the message names the cause.
     let dead = weft_test_support::process::free_port();
@@ -185,10 +211,21 @@ async fn no_endpoints_fail_fast_with_a_message_that_says_why() {
     let started = Instant::now();
     let err = other.square(weft_api::square::Input { value: 2 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("no service named nosuch.test:80"), "{}", err.message());
+    assert!(
+        err.message().contains("no service named nosuch.test:80"),
+        "{}",
+        err.message()
+    );
     assert!(started.elapsed() < Duration::from_millis(250));
     let m = proxy.metrics().await;
-    assert!(metric(&m, "weft_responses_total", &[("error", "no_endpoints"), ("grpc_code", "14")]) >= 1.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "weft_responses_total",
+            &[("error", "no_endpoints"), ("grpc_code", "14")]
+        ) >= 1.0,
+        "{m}"
+    );
 
     // Plain HTTP gets 503 with the same message.
     let (status, body) = http_get_host(proxy.outbound, "nosuch.test").await;
@@ -198,11 +235,16 @@ async fn no_endpoints_fail_fast_with_a_message_that_says_why() {
 
 async fn http_get_host(addr: std::net::SocketAddr, host: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
+    (
+        status,
+        out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,20 +268,31 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
     let proxy = TestProxy::with_discovery(&disc, &["--shutdown-grace", "5s"]).await;
     let channel = proxy.channel(SVC).await;
     let in_flight = tokio::spawn(square_calls(channel.clone(), 10, 10));
-    eventually("calls to be in flight", Duration::from_secs(3), || async { (rep.stats().in_flight == 10).then_some(()) })
-        .await;
+    eventually("calls to be in flight", Duration::from_secs(3), || async {
+        (rep.stats().in_flight == 10).then_some(())
+    })
+    .await;
     let (outbound, admin) = (proxy.outbound, proxy.admin);
     let (status, _) = weft_test_support::http_get(admin, "/ready").await.unwrap();
     assert_eq!(status, 200);
-    let (status, _) = weft_test_support::http_request(admin, "POST", "/shutdown").await.unwrap();
+    let (status, _) = weft_test_support::http_request(admin, "POST", "/shutdown")
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let started = Instant::now();
     let clean = proxy.proxy.wait().await;
     assert!(clean, "drained within the grace period");
     let hosts = in_flight.await.unwrap();
     assert_eq!(hosts, vec!["square-0"; 10], "every in-flight call finished");
-    assert!(started.elapsed() < Duration::from_secs(3), "drained in {:?}", started.elapsed());
-    assert!(tokio::net::TcpStream::connect(outbound).await.is_err(), "no new connections after the drain");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "drained in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(outbound).await.is_err(),
+        "no new connections after the drain"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,8 +309,18 @@ async fn admin_endpoints() {
     assert_eq!(get("/nope").await.unwrap().0, 404);
     let m = proxy.metrics().await;
     for (name, labels) in [
-        ("weft_requests_total", vec![("grpc_service", "square.Square"), ("grpc_method", "Square")]),
-        ("weft_responses_total", vec![("grpc_code", "0"), ("classification", "success"), ("endpoint", "square-0")]),
+        (
+            "weft_requests_total",
+            vec![("grpc_service", "square.Square"), ("grpc_method", "Square")],
+        ),
+        (
+            "weft_responses_total",
+            vec![
+                ("grpc_code", "0"),
+                ("classification", "success"),
+                ("endpoint", "square-0"),
+            ],
+        ),
         ("weft_response_latency_seconds_count", vec![("grpc_method", "Square")]),
         ("weft_detect_total", vec![("outcome", "h2")]),
         ("weft_endpoint_ready", vec![("endpoint", "square-0")]),

@@ -1,0 +1,239 @@
+//! `weft demo`: the square scene on one machine.
+//!
+//! Three `square` replicas, each behind its own weft-proxy inbound; a client
+//! sends unary calls over ONE HTTP/2 connection (a) through a connection-level
+//! balancer that behaves like a Kubernetes Service, (b) through a weft-proxy
+//! outbound, and (c) through weft again after one replica turned slow.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use weft_api::square::{Behavior, square_control_client::SquareControlClient};
+
+use crate::procs::{Proc, free_addr, sibling};
+
+const SERVICE: &str = "square.demo:50051";
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Calls per phase.
+    #[arg(long, default_value_t = 300)]
+    calls: u64,
+    /// Calls in flight at once (all on one HTTP/2 connection).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Delay added to one replica in phase (c), in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    slow_ms: u32,
+    /// Print only the summaries, not one JSON line per call.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Keep the mesh running after the three phases (Ctrl-C to stop), to
+    /// explore the proxies' admin endpoints.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+struct Replica {
+    name: String,
+    app: SocketAddr,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let square = sibling("square")?;
+    let proxy = sibling("weft-proxy")?;
+    let client = sibling("square-client")?;
+    let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut procs: Vec<Proc> = Vec::new();
+    let result = scene(&args, &square, &proxy, &client, &dir, &mut procs).await;
+    if result.is_ok() && args.keep_running {
+        eprintln!("\nthe mesh keeps running; logs in {}; Ctrl-C to stop", dir.display());
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    for p in procs {
+        p.stop(Duration::from_secs(5)).await;
+    }
+    if result.is_ok() && !args.keep_running {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn scene(
+    args: &DemoArgs,
+    square: &std::path::Path,
+    proxy: &std::path::Path,
+    client: &std::path::Path,
+    dir: &std::path::Path,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<()> {
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let name = format!("square-{i}");
+        let (app, inbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
+        let mut p = Proc::spawn(
+            &name,
+            square,
+            &strings(&["--listen", &app.to_string(), "--name", &name]),
+            None,
+        )?;
+        p.wait_listening(app).await?;
+        procs.push(p);
+        let log = dir.join(format!("{name}-proxy.log"));
+        let mut p = Proc::spawn(
+            &format!("{name}'s weft-proxy"),
+            proxy,
+            &strings(&[
+                "--outbound-listen",
+                "off",
+                "--inbound-listen",
+                &inbound.to_string(),
+                "--inbound-forward",
+                &app.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ]),
+            Some(&log),
+        )?;
+        p.wait_listening(inbound).await?;
+        procs.push(p);
+        replicas.push(Replica {
+            name,
+            app,
+            inbound,
+            admin,
+        });
+    }
+
+    let mesh = dir.join("mesh.yaml");
+    let mut yaml = format!("services:\n  {SERVICE}:\n    endpoints:\n");
+    for r in &replicas {
+        yaml.push_str(&format!("      - address: {}\n        name: {}\n", r.inbound, r.name));
+    }
+    std::fs::write(&mesh, yaml)?;
+    let (outbound, out_admin) = (free_addr()?, free_addr()?);
+    let mut p = Proc::spawn(
+        "client's weft-proxy",
+        proxy,
+        &strings(&[
+            "--outbound-listen",
+            &outbound.to_string(),
+            "--inbound-listen",
+            "off",
+            "--admin-listen",
+            &out_admin.to_string(),
+            "--discovery-file",
+            mesh.to_str().context("temp dir path is not UTF-8")?,
+        ]),
+        Some(&dir.join("client-proxy.log")),
+    )?;
+    p.wait_listening(outbound).await?;
+    procs.push(p);
+
+    let (l4, _l4_task) = weft_demo::l4::spawn(replicas.iter().map(|r| r.inbound).collect()).await?;
+
+    eprintln!("weft demo: 3 square replicas, each behind its own weft-proxy inbound");
+    for r in &replicas {
+        eprintln!(
+            "  {}  app {}  inbound {}  admin http://{}",
+            r.name, r.app, r.inbound, r.admin
+        );
+    }
+    eprintln!("  client's weft-proxy: outbound {outbound}  admin http://{out_admin}/balancers");
+    eprintln!(
+        "every phase: {} calls over ONE HTTP/2 connection, {} in flight\n",
+        args.calls, args.concurrency
+    );
+
+    let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
+    let a = phase(args, client, "a", l4, None).await?;
+    summary(
+        "(a) through a Kubernetes-style Service: it balances connections, so one replica gets every call",
+        &names,
+        &a,
+    );
+
+    let b = phase(args, client, "b", outbound, Some(SERVICE)).await?;
+    summary("(b) through weft: every call is balanced on its own", &names, &b);
+
+    let slow = &replicas[2];
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", slow.app))?
+        .connect()
+        .await?;
+    SquareControlClient::new(channel)
+        .set_behavior(Behavior {
+            delay_ms: args.slow_ms,
+            ..Default::default()
+        })
+        .await
+        .context("making square-2 slow")?;
+    let c = phase(args, client, "c", outbound, Some(SERVICE)).await?;
+    summary(
+        &format!(
+            "(c) through weft, {} now {} ms slower: peak-EWMA moves traffic away from it",
+            slow.name, args.slow_ms
+        ),
+        &names,
+        &c,
+    );
+    Ok(())
+}
+
+/// Runs square-client for one phase; prints its JSON lines (tagged with the
+/// phase); returns replies per hostname.
+async fn phase(
+    args: &DemoArgs,
+    client: &std::path::Path,
+    tag: &str,
+    target: SocketAddr,
+    authority: Option<&str>,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut cmd = tokio::process::Command::new(client);
+    cmd.args(["--target", &target.to_string(), "--count", &args.calls.to_string()])
+        .args(["--concurrency", &args.concurrency.to_string()]);
+    if let Some(a) = authority {
+        cmd.args(["--authority", a]);
+    }
+    let out = cmd.output().await.context("running square-client")?;
+    if !out.status.success() {
+        anyhow::bail!("square-client failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut counts = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line).context("square-client printed a non-JSON line")?;
+        let key = match v.get("hostname").and_then(|h| h.as_str()) {
+            Some(h) => h.to_string(),
+            None => "(failed)".into(),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+        if !args.quiet {
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("phase".into(), tag.into());
+            }
+            println!("{v}");
+        }
+    }
+    Ok(counts)
+}
+
+fn summary(title: &str, names: &[String], counts: &BTreeMap<String, u64>) {
+    let total: u64 = counts.values().sum::<u64>().max(1);
+    eprintln!("\n{title}");
+    let mut rows: Vec<&String> = names.iter().collect();
+    rows.extend(counts.keys().filter(|k| !names.contains(k)));
+    for name in rows {
+        let n = counts.get(name).copied().unwrap_or(0);
+        let share = n as f64 / total as f64;
+        let bar = "█".repeat((share * 40.0).round() as usize);
+        eprintln!("  {name:<10} {bar:<40} {:>5.1}%  ({n} calls)", share * 100.0);
+    }
+    eprintln!();
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}

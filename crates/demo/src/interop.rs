@@ -116,10 +116,10 @@ impl TestService for TestServiceImpl {
         let mut g = self.guard();
         g.done = true;
         let req = request.into_inner();
-        if let Some(st) = &req.response_status {
-            if let Some(status) = echo_status(st.code, &st.message) {
-                return Err(status);
-            }
+        if let Some(st) = &req.response_status
+            && let Some(status) = echo_status(st.code, &st.message)
+        {
+            return Err(status);
         }
         Ok(Response::new(SimpleResponse {
             payload: payload(req.response_size),
@@ -141,10 +141,10 @@ impl TestService for TestServiceImpl {
             let mut g = g; // move the whole guard into the task
             if Self::respond(&tx, &req.response_parameters).await {
                 g.done = true;
-                if let Some(st) = &req.response_status {
-                    if let Some(status) = echo_status(st.code, &st.message) {
-                        let _ = tx.send(Err(status)).await;
-                    }
+                if let Some(st) = &req.response_status
+                    && let Some(status) = echo_status(st.code, &st.message)
+                {
+                    let _ = tx.send(Err(status)).await;
                 }
             }
         });
@@ -188,12 +188,12 @@ impl TestService for TestServiceImpl {
                     None => break,
                     Some(Err(_)) => return,
                     Some(Ok(req)) => {
-                        if let Some(st) = &req.response_status {
-                            if let Some(status) = echo_status(st.code, &st.message) {
-                                g.done = true;
-                                let _ = tx.send(Err(status)).await;
-                                return;
-                            }
+                        if let Some(st) = &req.response_status
+                            && let Some(status) = echo_status(st.code, &st.message)
+                        {
+                            g.done = true;
+                            let _ = tx.send(Err(status)).await;
+                            return;
                         }
                         if !Self::respond(&tx, &req.response_parameters).await {
                             return;

@@ -167,12 +167,13 @@ pub struct Http1Lease {
 impl Http1Lease {
     /// Gives the connection back for reuse.
     pub fn release(mut self) {
-        if let Some(s) = self.sender.take() {
-            if !s.is_closed() && !self.endpoint.is_retired() {
-                let mut idle = lock(&self.endpoint.idle_http1);
-                if idle.len() < MAX_IDLE_HTTP1 {
-                    idle.push(s);
-                }
+        if let Some(s) = self.sender.take()
+            && !s.is_closed()
+            && !self.endpoint.is_retired()
+        {
+            let mut idle = lock(&self.endpoint.idle_http1);
+            if idle.len() < MAX_IDLE_HTTP1 {
+                idle.push(s);
             }
         }
     }

@@ -120,14 +120,14 @@ impl ProxyError {
 
     /// Classifies an error from an endpoint's HTTP client.
     pub fn from_upstream(name: &Arc<str>, addr: SocketAddr, err: &hyper::Error) -> Self {
-        if let Some(reason) = find_h2_reason(err) {
-            if reason != h2::Reason::NO_ERROR {
-                return ProxyError::UpstreamReset {
-                    name: name.clone(),
-                    addr,
-                    reason,
-                };
-            }
+        if let Some(reason) = find_h2_reason(err)
+            && reason != h2::Reason::NO_ERROR
+        {
+            return ProxyError::UpstreamReset {
+                name: name.clone(),
+                addr,
+                reason,
+            };
         }
         ProxyError::Upstream {
             name: name.clone(),

@@ -230,12 +230,12 @@ fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
 
 /// Removes HTTP/1.1 connection-level headers, which apply to one hop only.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                if !name.eq_ignore_ascii_case("te") {
-                    headers.remove(name);
-                }
+    if let Some(conn) = headers.get(header::CONNECTION).cloned()
+        && let Ok(list) = conn.to_str()
+    {
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !name.eq_ignore_ascii_case("te") {
+                headers.remove(name);
             }
         }
     }
@@ -299,10 +299,10 @@ impl Recorder {
                 error,
             })
             .inc();
-        if let Some(lease) = self.lease.take() {
-            if ended_cleanly {
-                lease.release();
-            }
+        if let Some(lease) = self.lease.take()
+            && ended_cleanly
+        {
+            lease.release();
         }
         drop(self.endpoint.take());
     }

@@ -7,14 +7,15 @@ use weft_test_support::{DiscoveryFile, OpenLoad, TestProxy, eventually, process}
 
 const SVC: &str = "square.test:50051";
 
-fn connects(balancers: &serde_json::Value, name: &str) -> Option<u64> {
+/// A numeric field of one endpoint in admin's /balancers.
+fn endpoint_field(balancers: &serde_json::Value, name: &str, field: &str) -> Option<u64> {
     balancers.as_array()?.iter().find_map(|b| {
-        b["balancer"]["endpoints"]
-            .as_array()?
-            .iter()
-            .find(|e| e["name"] == name)?["connects"]
-            .as_u64()
+        b["balancer"]["endpoints"].as_array()?.iter().find(|e| e["name"] == name)?[field].as_u64()
     })
+}
+
+fn connects(balancers: &serde_json::Value, name: &str) -> Option<u64> {
+    endpoint_field(balancers, name, "connects")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,6 +83,10 @@ async fn endpoints_removed_and_added_under_load() {
     assert_eq!(connects(&b, "square-0"), Some(1), "{b:#}");
     assert_eq!(connects(&b, "square-1"), Some(1), "{b:#}");
     assert_eq!(connects(&b, "square-2"), None, "square-2 is gone: {b:#}");
+    // ... and their balancing state: the endpoint that counted square-0's
+    // first call is the one that counted its last.
+    assert_eq!(endpoint_field(&b, "square-0", "served"), Some(reps[0].stats().calls), "{b:#}");
+    assert_eq!(endpoint_field(&b, "square-1", "served"), Some(reps[1].stats().calls), "{b:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,22 +94,22 @@ impl Body for ObservedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some((sleep, budget)) = this.deadline.as_mut() {
-            if sleep.as_mut().poll(cx).is_ready() {
-                let budget = *budget;
-                this.deadline = None;
-                // Dropping the upstream body resets its stream (CANCEL), so
-                // the server learns that the call is over.
-                this.inner = None;
-                this.finish(Outcome::DeadlineExceeded);
-                let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", HeaderValue::from(code::DEADLINE_EXCEEDED));
-                let msg = encode_grpc_message(&format!("weft: deadline exceeded (grpc-timeout {budget:?})"));
-                if let Ok(v) = HeaderValue::from_str(&msg) {
-                    trailers.insert("grpc-message", v);
-                }
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        if let Some((sleep, budget)) = this.deadline.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            let budget = *budget;
+            this.deadline = None;
+            // Dropping the upstream body resets its stream (CANCEL), so
+            // the server learns that the call is over.
+            this.inner = None;
+            this.finish(Outcome::DeadlineExceeded);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from(code::DEADLINE_EXCEEDED));
+            let msg = encode_grpc_message(&format!("weft: deadline exceeded (grpc-timeout {budget:?})"));
+            if let Ok(v) = HeaderValue::from_str(&msg) {
+                trailers.insert("grpc-message", v);
             }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);

@@ -313,3 +313,38 @@ async fn a_server_reset_reaches_the_client() {
     let err = client.square(weft_api::square::Input { value: 3 }).await.unwrap_err();
     assert_eq!(err.code(), Code::Cancelled, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_and_application_errors_pass_through_and_are_classified() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let mut opts = square::SquareOptions::named("flaky");
+    opts.behavior.error_rate = 1.0;
+    opts.behavior.error_code = 8;
+    let rep = square::spawn(opts).await.unwrap();
+    let disc = DiscoveryFile::new();
+    disc.set("square.test:50051", &[("flaky", rep.addr)]);
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let channel = proxy.channel("square.test:50051").await;
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest { service: "square.Square".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    let mut client = weft_api::square::square_client::SquareClient::new(channel);
+    let err = client.square(weft_api::square::Input { value: 2 }).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("flaky failed this call on purpose"), "{}", err.message());
+    // HTTP 200 with grpc-status 8: a failure, by gRPC code.
+    let m = proxy.metrics().await;
+    let failures = weft_test_support::metric(
+        &m,
+        "weft_responses_total",
+        &[("grpc_method", "Square"), ("classification", "failure"), ("grpc_code", "8"), ("status_code", "200")],
+    );
+    assert_eq!(failures, 1.0, "{m}");
+    let ok = weft_test_support::metric(&m, "weft_responses_total", &[("grpc_service", "grpc.health.v1.Health"), ("classification", "success")]);
+    assert_eq!(ok, 1.0, "{m}");
+}

@@ -1,6 +1,7 @@
 //! The square service: squares a number after an optional delay, fails a
 //! chosen fraction of calls, and counts what it sees (calls, concurrency,
-//! cancellations) so tests can check what reached the server.
+//! cancellations) so tests can check what reached the server. A square
+//! server also serves the interop `TestService` (for streaming benchmarks).
 
 use std::{
     net::SocketAddr,
@@ -123,7 +124,12 @@ impl Square for SquareService {
         } else {
             0
         };
-        let delay = Duration::from_millis(u64::from(b.delay_ms) + u64::from(jitter));
+        let slow = if b.slow_fraction > 0.0 && fastrand::f64() < b.slow_fraction {
+            b.slow_ms
+        } else {
+            0
+        };
+        let delay = Duration::from_millis(u64::from(b.delay_ms) + u64::from(jitter) + u64::from(slow));
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -157,6 +163,12 @@ impl SquareControl for SquareService {
 
 /// Checks a behaviour's values.
 pub fn validate(b: &Behavior) -> Result<(), Status> {
+    if !(0.0..=1.0).contains(&b.slow_fraction) {
+        return Err(Status::invalid_argument(format!(
+            "slow_fraction {} is not in [0, 1]",
+            b.slow_fraction
+        )));
+    }
     if !(0.0..=1.0).contains(&b.error_rate) {
         return Err(Status::invalid_argument(format!(
             "error_rate {} is not in [0, 1]",
@@ -216,6 +228,13 @@ pub async fn serve(
         .add_service(health_svc)
         .add_service(SquareServer::new(service.clone()))
         .add_service(SquareControlServer::new(service))
+        // The interop TestService too, so benchmarks can hold streams open.
+        .add_service(
+            weft_api::grpc_testing::test_service_server::TestServiceServer::new(
+                crate::interop::TestServiceImpl::default(),
+            )
+            .max_decoding_message_size(crate::interop::MAX_MESSAGE),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

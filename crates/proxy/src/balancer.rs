@@ -66,6 +66,9 @@ pub struct Balancer {
     last_used_ms: AtomicU64,
     /// Dropped with the balancer, which ends its discovery task.
     alive: watch::Sender<()>,
+    /// Set when the router evicted the balancer: cached references to it
+    /// must be refreshed.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -106,6 +109,7 @@ impl Balancer {
             epoch,
             last_used_ms: AtomicU64::new(0),
             alive: watch::channel(()).0,
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -197,8 +201,14 @@ impl Balancer {
         self.changed.notify_waiters();
     }
 
+    /// Whether the router has evicted this balancer.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// Retires every endpoint (the balancer is being dropped).
     pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
         for ep in lock(&self.state).endpoints.drain(..) {
             ep.retire();
         }

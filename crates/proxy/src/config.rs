@@ -109,7 +109,8 @@ pub struct Config {
     #[arg(long, env = "WEFT_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
 
-    /// Log filter (tracing's env-filter syntax), e.g. `info` or `weft_proxy=debug`.
+    /// Log filter: a level (`info`), or `target=level` pairs, e.g.
+    /// `warn,weft_proxy=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
 }

@@ -13,10 +13,11 @@ use tokio::time::Instant;
 
 use crate::{
     Direction,
+    balancer::Balancer,
     discovery::Authority,
     endpoint::{Http1Lease, InFlight, Proto},
     error::{ProxyError, code, encode_grpc_message},
-    metrics::{Metrics, ResponseLabels, RouteMetrics, grpc_code_label, status_label},
+    metrics::{Label, Metrics, ResponseKey, RouteMetrics, grpc_code_label, lock, status_label},
     router::{Dest, Router},
 };
 use body::{ObservedBody, Outcome, ProxyBody};
@@ -31,6 +32,12 @@ pub struct ConnMeta {
     /// Inbound: the local app's address.
     pub app: Option<SocketAddr>,
     pub proto: Proto,
+}
+
+thread_local! {
+    /// The `endpoint` label of responses that reached no endpoint (one
+    /// value per thread, so cached counters match it by pointer).
+    static NO_ENDPOINT: Label = Label::from("");
 }
 
 /// Proxies HTTP requests for one direction.
@@ -51,21 +58,20 @@ impl HttpProxy {
 
     /// Proxies one request. Never fails: errors become gRPC or HTTP error
     /// responses that say what went wrong.
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnMeta) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnMeta, cache: &ConnCache) -> Response<ProxyBody> {
         let start = Instant::now();
         let grpc = grpc::is_grpc(req.headers());
-        let direction = conn.direction.label();
-        let dest = match self.dest(&req, conn) {
-            Ok(d) => d,
+        let (balancer, route) = match self.route(&req, conn, cache, grpc) {
+            Ok(found) => found,
             Err(e) => {
                 let target: Arc<str> = Arc::from("unknown");
-                let route = self.metrics.route(direction, &target, req.uri().path(), grpc);
+                let route = self
+                    .metrics
+                    .route(conn.direction.label(), &target, req.uri().path(), grpc);
                 route.requests.inc();
                 return self.fail(&route, e, grpc, start);
             }
         };
-        let balancer = self.router.balancer(&dest, conn.proto);
-        let route = self.metrics.route(direction, &balancer.label, req.uri().path(), grpc);
         route.requests.inc();
 
         let timeout = if grpc {
@@ -136,6 +142,51 @@ impl HttpProxy {
         Response::from_parts(parts, ProxyBody::Upstream(body))
     }
 
+    /// The balancer and route metrics of a request, from the connection's
+    /// memo when the target and path were seen before on it.
+    fn route(
+        &self,
+        req: &Request<Incoming>,
+        conn: &ConnMeta,
+        cache: &ConnCache,
+        grpc: bool,
+    ) -> Result<(Arc<Balancer>, Arc<RouteMetrics>), ProxyError> {
+        // Inbound and transparent connections have one target; explicit
+        // ones name it in each request.
+        let key = if conn.app.is_some() || conn.orig_dst.is_some() {
+            Some("")
+        } else {
+            raw_authority(req)
+        };
+        let path = req.uri().path();
+        let mut memo = lock(&cache.0);
+        if let (Some(key), Some(m)) = (key, memo.as_mut()) {
+            if &*m.key == key && !m.balancer.is_closed() {
+                m.balancer.touch();
+                let balancer = m.balancer.clone();
+                if let Some((_, r)) = m.routes.iter().find(|(p, _)| &**p == path) {
+                    return Ok((balancer, r.clone()));
+                }
+                let route = self.metrics.route(conn.direction.label(), &balancer.label, path, grpc);
+                if m.routes.len() < MEMO_ROUTES {
+                    m.routes.push((path.into(), route.clone()));
+                }
+                return Ok((balancer, route));
+            }
+        }
+        let dest = self.dest(req, conn)?;
+        let balancer = self.router.balancer(&dest, conn.proto);
+        let route = self.metrics.route(conn.direction.label(), &balancer.label, path, grpc);
+        if let Some(key) = key {
+            *memo = Some(Memo {
+                key: key.into(),
+                balancer: balancer.clone(),
+                routes: vec![(path.into(), route.clone())],
+            });
+        }
+        Ok((balancer, route))
+    }
+
     /// Where a request goes.
     fn dest(&self, req: &Request<Incoming>, conn: &ConnMeta) -> Result<Dest, ProxyError> {
         if let Some(app) = conn.app {
@@ -165,20 +216,16 @@ impl HttpProxy {
         } else {
             (err.http_status(), None)
         };
-        self.metrics
-            .responses
-            .get_or_create(&ResponseLabels {
-                direction: route.labels.direction,
-                target: route.labels.target.clone(),
-                grpc_service: route.labels.grpc_service.clone(),
-                grpc_method: route.labels.grpc_method.clone(),
-                endpoint: crate::metrics::Label::from(""),
+        route.response(
+            &self.metrics.responses,
+            ResponseKey {
+                endpoint: NO_ENDPOINT.with(Clone::clone),
                 classification: "failure",
                 status_code: status_label(status),
                 grpc_code: grpc_code.map_or("", grpc_code_label),
                 error: err.label(),
-            })
-            .inc();
+            },
+        );
         error_response(&err, grpc)
     }
 }
@@ -207,6 +254,30 @@ pub fn error_response(err: &ProxyError, grpc: bool) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert("weft-proxy-error", HeaderValue::from_static(err.label()));
     resp
+}
+
+/// Routes memoised per connection.
+const MEMO_ROUTES: usize = 16;
+
+/// What one client connection learnt about its requests' targets: most
+/// connections send every request to one service, so the routing lookup
+/// (authority parsing, the router's map, the route metrics) is done once.
+#[derive(Default)]
+pub struct ConnCache(std::sync::Mutex<Option<Memo>>);
+
+struct Memo {
+    /// The raw authority the balancer was found for.
+    key: Box<str>,
+    balancer: Arc<Balancer>,
+    routes: Vec<(Box<str>, Arc<RouteMetrics>)>,
+}
+
+/// The request's authority as sent, without parsing.
+fn raw_authority(req: &Request<Incoming>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+    }
 }
 
 /// The target named by a request: `:authority` (HTTP/2, or an absolute URI)
@@ -276,19 +347,14 @@ impl Recorder {
         } else {
             ended_cleanly && !self.status.is_server_error()
         };
-        let endpoint_name = self
-            .endpoint
-            .as_ref()
-            .map_or_else(|| "".into(), |e| crate::metrics::Label(e.endpoint.meta.name.clone()));
-        let labels = &self.route.labels;
-        self.metrics
-            .responses
-            .get_or_create(&ResponseLabels {
-                direction: labels.direction,
-                target: labels.target.clone(),
-                grpc_service: labels.grpc_service.clone(),
-                grpc_method: labels.grpc_method.clone(),
-                endpoint: endpoint_name,
+        let endpoint = match &self.endpoint {
+            Some(e) => Label(e.endpoint.meta.name.clone()),
+            None => NO_ENDPOINT.with(Clone::clone),
+        };
+        self.route.response(
+            &self.metrics.responses,
+            ResponseKey {
+                endpoint,
                 classification: if success { "success" } else { "failure" },
                 status_code: status_label(self.status),
                 grpc_code: if self.grpc {
@@ -297,8 +363,8 @@ impl Recorder {
                     ""
                 },
                 error,
-            })
-            .inc();
+            },
+        );
         if let Some(lease) = self.lease.take()
             && ended_cleanly
         {

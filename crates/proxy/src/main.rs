@@ -19,17 +19,20 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
+    let filter = match config.log.parse::<tracing_subscriber::filter::Targets>() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: invalid value '{}' for '--log <LOG>': {e}", config.log);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    {
+        use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .with(filter)
+            .init();
+    }
 
     let runtime = if config.threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

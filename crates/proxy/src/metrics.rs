@@ -141,6 +141,56 @@ pub struct RouteMetrics {
     pub labels: RouteLabels,
     pub requests: Counter,
     pub latency: Histogram,
+    /// Response counters already looked up, so that recording a response
+    /// does not hash a label set.
+    responses: Mutex<Vec<(ResponseKey, Counter)>>,
+}
+
+/// What distinguishes one route's response counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseKey {
+    pub endpoint: Label,
+    pub classification: &'static str,
+    pub status_code: &'static str,
+    pub grpc_code: &'static str,
+    pub error: &'static str,
+}
+
+/// Response counters cached per route; more distinct outcomes than this go
+/// straight to the family.
+const MAX_CACHED_RESPONSES: usize = 64;
+
+impl RouteMetrics {
+    /// Counts one response.
+    pub fn response(&self, family: &Family<ResponseLabels, Counter>, key: ResponseKey) {
+        let mut cache = lock(&self.responses);
+        if let Some((_, c)) = cache.iter().find(|(k, _)| {
+            Arc::ptr_eq(&k.endpoint.0, &key.endpoint.0)
+                && k.classification == key.classification
+                && k.status_code == key.status_code
+                && k.grpc_code == key.grpc_code
+                && k.error == key.error
+        }) {
+            c.inc();
+            return;
+        }
+        let labels = ResponseLabels {
+            direction: self.labels.direction,
+            target: self.labels.target.clone(),
+            grpc_service: self.labels.grpc_service.clone(),
+            grpc_method: self.labels.grpc_method.clone(),
+            endpoint: key.endpoint.clone(),
+            classification: key.classification,
+            status_code: key.status_code,
+            grpc_code: key.grpc_code,
+            error: key.error,
+        };
+        let counter = family.get_or_create(&labels).clone();
+        counter.inc();
+        if cache.len() < MAX_CACHED_RESPONSES {
+            cache.push((key, counter));
+        }
+    }
 }
 
 impl Metrics {
@@ -241,6 +291,7 @@ impl Metrics {
             requests: self.requests.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
             labels,
+            responses: Mutex::new(Vec::new()),
         });
         if table.routes.len() < MAX_ROUTES + 1 {
             table.routes.insert(key.into(), metrics.clone());

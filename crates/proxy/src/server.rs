@@ -18,7 +18,7 @@ use crate::{
     drain,
     endpoint::Proto,
     error::chain,
-    http::{ConnMeta, HttpProxy},
+    http::{ConnCache, ConnMeta, HttpProxy},
     io::PrefixedIo,
     metrics::{DetectLabels, DirLabels, Metrics},
     orig_dst::original_dst,
@@ -51,12 +51,15 @@ impl ServerCtx {
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
             .max_pending_accept_reset_streams(Some(200))
-            .max_local_error_reset_streams(Some(1024));
+            .max_local_error_reset_streams(Some(1024))
+            // A proxy passes the upstream's Date (if any); it adds none.
+            .auto_date_header(false);
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))
             .max_buf_size((config.max_header_bytes as usize).max(8192))
-            .keep_alive(true);
+            .keep_alive(true)
+            .auto_date_header(false);
         ServerCtx {
             direction,
             http: HttpProxy::new(router.clone(), metrics.clone(), config.fail_fast_timeout),
@@ -167,11 +170,13 @@ async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCtx>
 async fn serve_http(io: PrefixedIo<TcpStream>, meta: ConnMeta, ctx: &Arc<ServerCtx>, drain: &drain::Watch) {
     let direction = ctx.direction.label();
     let svc_ctx = ctx.clone();
-    let svc_meta = Arc::new(meta.clone());
+    let svc_meta = Arc::new((meta.clone(), ConnCache::default()));
     let service = service_fn(move |req| {
         let ctx = svc_ctx.clone();
         let meta = svc_meta.clone();
-        async move { Ok::<_, Infallible>(ctx.http.handle(req, &meta).await) }
+        // Boxed: hyper moves each stream's future into a task of its own;
+        // a pointer moves cheaply where the whole state machine would not.
+        Box::pin(async move { Ok::<_, Infallible>(ctx.http.handle(req, &meta.0, &meta.1).await) })
     });
     let io = TokioIo::new(io);
     let result = if meta.proto == Proto::Http2 {

@@ -10,7 +10,11 @@ const SVC: &str = "square.test:50051";
 /// A numeric field of one endpoint in admin's /balancers.
 fn endpoint_field(balancers: &serde_json::Value, name: &str, field: &str) -> Option<u64> {
     balancers.as_array()?.iter().find_map(|b| {
-        b["balancer"]["endpoints"].as_array()?.iter().find(|e| e["name"] == name)?[field].as_u64()
+        b["balancer"]["endpoints"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)?[field]
+            .as_u64()
     })
 }
 
@@ -85,8 +89,16 @@ async fn endpoints_removed_and_added_under_load() {
     assert_eq!(connects(&b, "square-2"), None, "square-2 is gone: {b:#}");
     // ... and their balancing state: the endpoint that counted square-0's
     // first call is the one that counted its last.
-    assert_eq!(endpoint_field(&b, "square-0", "served"), Some(reps[0].stats().calls), "{b:#}");
-    assert_eq!(endpoint_field(&b, "square-1", "served"), Some(reps[1].stats().calls), "{b:#}");
+    assert_eq!(
+        endpoint_field(&b, "square-0", "served"),
+        Some(reps[0].stats().calls),
+        "{b:#}"
+    );
+    assert_eq!(
+        endpoint_field(&b, "square-1", "served"),
+        Some(reps[1].stats().calls),
+        "{b:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,7 +327,9 @@ async fn health_checks_and_application_errors_pass_through_and_are_classified() 
     let channel = proxy.channel("square.test:50051").await;
 
     let health = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest { service: "square.Square".into() })
+        .check(HealthCheckRequest {
+            service: "square.Square".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -336,15 +338,28 @@ async fn health_checks_and_application_errors_pass_through_and_are_classified() 
     let mut client = weft_api::square::square_client::SquareClient::new(channel);
     let err = client.square(weft_api::square::Input { value: 2 }).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert!(err.message().contains("flaky failed this call on purpose"), "{}", err.message());
+    assert!(
+        err.message().contains("flaky failed this call on purpose"),
+        "{}",
+        err.message()
+    );
     // HTTP 200 with grpc-status 8: a failure, by gRPC code.
     let m = proxy.metrics().await;
     let failures = weft_test_support::metric(
         &m,
         "weft_responses_total",
-        &[("grpc_method", "Square"), ("classification", "failure"), ("grpc_code", "8"), ("status_code", "200")],
+        &[
+            ("grpc_method", "Square"),
+            ("classification", "failure"),
+            ("grpc_code", "8"),
+            ("status_code", "200"),
+        ],
     );
     assert_eq!(failures, 1.0, "{m}");
-    let ok = weft_test_support::metric(&m, "weft_responses_total", &[("grpc_service", "grpc.health.v1.Health"), ("classification", "success")]);
+    let ok = weft_test_support::metric(
+        &m,
+        "weft_responses_total",
+        &[("grpc_service", "grpc.health.v1.Health"), ("classification", "success")],
+    );
     assert_eq!(ok, 1.0, "{m}");
 }

@@ -35,6 +35,10 @@ struct Args {
     /// Print a per-hostname summary on stderr at the end.
     #[arg(long)]
     summary: bool,
+    /// Instead of calling Square: set the target replica's added delay (ms)
+    /// through SquareControl, print the new behaviour, and exit.
+    #[arg(long)]
+    set_delay_ms: Option<u32>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -48,6 +52,18 @@ async fn main() -> anyhow::Result<()> {
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.target))?;
+    if let Some(delay_ms) = args.set_delay_ms {
+        let behavior = weft_api::square::Behavior {
+            delay_ms,
+            ..Default::default()
+        };
+        let set = weft_api::square::square_control_client::SquareControlClient::new(channel)
+            .set_behavior(behavior)
+            .await?
+            .into_inner();
+        println!("{}", serde_json::json!({"delay_ms": set.delay_ms}));
+        return Ok(());
+    }
     let client = SquareClient::new(channel);
     let timeout = Duration::from_millis(args.timeout_ms);
     let interval = Duration::from_millis(args.interval_ms);

@@ -28,6 +28,12 @@ struct Args {
     /// gRPC status code (1-16) of failed calls.
     #[arg(long, default_value_t = 14)]
     error_code: u32,
+    /// Fraction of calls, in [0, 1], that take --slow-ms more.
+    #[arg(long, default_value_t = 0.0)]
+    slow_fraction: f64,
+    /// Extra delay of the --slow-fraction calls, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    slow_ms: u32,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS this server announces (default: none).
     #[arg(long)]
     max_concurrent_streams: Option<u32>,
@@ -35,15 +41,15 @@ struct Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .init();
+    tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).init();
     let args = Args::parse();
     let behavior = Behavior {
         delay_ms: args.delay_ms,
         jitter_ms: args.jitter_ms,
         error_rate: args.error_rate,
         error_code: args.error_code,
+        slow_fraction: args.slow_fraction,
+        slow_ms: args.slow_ms,
     };
     if let Err(status) = validate(&behavior) {
         eprintln!("error: {}", status.message());

@@ -1,0 +1,155 @@
+//! weft-load: a gRPC load generator for the square service.
+//!
+//! - **Open loop** (`rate`): calls start at a constant rate whatever happens
+//!   to earlier ones, and each call's latency is measured from its
+//!   *intended* start, so a stall that delays later calls is counted in full
+//!   (no coordinated omission).
+//! - **Closed loop** (`workers`): each worker sends a call as soon as its
+//!   previous one finished; measures maximum throughput.
+//! - **Streams**: opens N bidirectional streams and holds them (memory per
+//!   stream).
+//!
+//! Calls go over `connections` HTTP/2 connections (default 1: the case a
+//! Kubernetes Service pins to one pod). The client is hyper's HTTP/2 client
+//! with a pre-encoded request, so that the generator spends as little CPU
+//! per call as it can. Latencies go into an HDR histogram (µs).
+
+pub mod client;
+pub mod report;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use report::Recorder;
+pub use report::Summary;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub target: SocketAddr,
+    /// `:authority` to send; defaults to the target address.
+    pub authority: Option<String>,
+    pub connections: usize,
+    pub load: Load,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Per-call deadline (also sent as `grpc-timeout`).
+    pub timeout: Duration,
+    /// Show a progress line on stderr.
+    pub progress: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// Calls per second, started on schedule.
+    Open { rate: f64 },
+    /// Workers, each with one call in flight.
+    Closed { workers: usize },
+    /// Open this many streams and hold them for the duration.
+    Streams { streams: usize },
+}
+
+/// Runs the load and summarises it.
+pub async fn run(opts: Options) -> anyhow::Result<Summary> {
+    let authority = opts.authority.clone().unwrap_or_else(|| opts.target.to_string());
+    let conns = client::connect_all(opts.target, opts.connections.max(1)).await?;
+    let recorder = Arc::new(Mutex::new(Recorder::new()));
+    let started = Instant::now();
+    let measure_from = started + opts.warmup;
+    let end = measure_from + opts.duration;
+    let progress = opts
+        .progress
+        .then(|| tokio::spawn(report::progress(recorder.clone(), measure_from, end)));
+    let call = Arc::new(client::UnaryCall::new(&authority, opts.timeout));
+
+    let kind = match opts.load {
+        Load::Open { rate } => {
+            // A pacer thread keeps the schedule: tokio's timer ticks in whole
+            // milliseconds, which would add up to 1 ms to every latency
+            // measured from the intended start.
+            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+            let (start_std, end_std) = (started.into_std(), end.into_std());
+            std::thread::spawn(move || {
+                let mut i: u64 = 0;
+                loop {
+                    let intended = start_std + interval.mul_f64(i as f64);
+                    if intended >= end_std {
+                        return;
+                    }
+                    let now = std::time::Instant::now();
+                    if intended > now {
+                        std::thread::sleep(intended - now);
+                    }
+                    if tx.send((i, Instant::from_std(intended))).is_err() {
+                        return;
+                    }
+                    i += 1;
+                }
+            });
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Some((i, intended)) = ticks.recv().await {
+                let mut sender = conns[(i as usize) % conns.len()].clone();
+                let (call, recorder) = (call.clone(), recorder.clone());
+                tasks.spawn(async move {
+                    let result = call.send(&mut sender).await;
+                    if intended >= measure_from {
+                        report::lock(&recorder).record(intended.elapsed(), result);
+                    }
+                });
+                // Reap finished calls now and then so the set stays small.
+                while tasks.try_join_next().is_some() {}
+            }
+            drain(tasks, opts.timeout).await;
+            format!("open loop, {rate} calls/s")
+        }
+        Load::Closed { workers } => {
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..workers.max(1) {
+                let mut sender = conns[w % conns.len()].clone();
+                let (call, recorder) = (call.clone(), recorder.clone());
+                tasks.spawn(async move {
+                    while Instant::now() < end {
+                        let sent = Instant::now();
+                        let result = call.send(&mut sender).await;
+                        if sent >= measure_from {
+                            report::lock(&recorder).record(sent.elapsed(), result);
+                        }
+                    }
+                });
+            }
+            drain(tasks, opts.timeout + opts.duration + opts.warmup).await;
+            format!("closed loop, {workers} workers")
+        }
+        Load::Streams { streams } => {
+            let held = client::open_streams(&conns, &authority, streams, opts.timeout, &recorder).await;
+            eprintln!(
+                "weft-load: {} of {streams} streams open; holding them for {:?}",
+                held.len(),
+                opts.duration
+            );
+            tokio::time::sleep(opts.duration).await;
+            drop(held);
+            format!("{streams} streams held")
+        }
+    };
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r\x1b[2K");
+    }
+    let measured = opts.duration.as_secs_f64();
+    let r = report::lock(&recorder);
+    Ok(r.summary(&opts, &authority, kind, measured))
+}
+
+async fn drain(mut tasks: tokio::task::JoinSet<()>, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout + Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+}

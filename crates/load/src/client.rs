@@ -143,10 +143,10 @@ impl UnaryCall {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("grpc-timeout", self.timeout_header.clone());
         let resp = sender.send_request(req).await.map_err(|_| CallError::Transport)?;
-        if let Some(code) = grpc_status(resp.headers()) {
-            if code != 0 {
-                return Err(CallError::Grpc(code));
-            }
+        if let Some(code) = grpc_status(resp.headers())
+            && code != 0
+        {
+            return Err(CallError::Grpc(code));
         }
         let collected = resp.into_body().collect().await.map_err(|_| CallError::Transport)?;
         let code = collected.trailers().and_then(grpc_status);

@@ -160,19 +160,20 @@ impl HttpProxy {
         };
         let path = req.uri().path();
         let mut memo = lock(&cache.0);
-        if let (Some(key), Some(m)) = (key, memo.as_mut()) {
-            if &*m.key == key && !m.balancer.is_closed() {
-                m.balancer.touch();
-                let balancer = m.balancer.clone();
-                if let Some((_, r)) = m.routes.iter().find(|(p, _)| &**p == path) {
-                    return Ok((balancer, r.clone()));
-                }
-                let route = self.metrics.route(conn.direction.label(), &balancer.label, path, grpc);
-                if m.routes.len() < MEMO_ROUTES {
-                    m.routes.push((path.into(), route.clone()));
-                }
-                return Ok((balancer, route));
+        if let (Some(key), Some(m)) = (key, memo.as_mut())
+            && &*m.key == key
+            && !m.balancer.is_closed()
+        {
+            m.balancer.touch();
+            let balancer = m.balancer.clone();
+            if let Some((_, r)) = m.routes.iter().find(|(p, _)| &**p == path) {
+                return Ok((balancer, r.clone()));
             }
+            let route = self.metrics.route(conn.direction.label(), &balancer.label, path, grpc);
+            if m.routes.len() < MEMO_ROUTES {
+                m.routes.push((path.into(), route.clone()));
+            }
+            return Ok((balancer, route));
         }
         let dest = self.dest(req, conn)?;
         let balancer = self.router.balancer(&dest, conn.proto);

@@ -230,6 +230,16 @@ impl Balancer {
         lock(&self.state).endpoints.iter().map(|e| e.in_flight()).sum()
     }
 
+    /// Picks an endpoint now if one is ready: `Some(Ok)`, or `Some(Err)` when
+    /// the request must fail at once; `None` when it should wait (see [`Balancer::pick`]).
+    pub fn pick_now(&self) -> Option<Result<InFlight, ProxyError>> {
+        match self.try_pick() {
+            Ok(ep) => Some(Ok(ep)),
+            Err(Wait::Fail(e)) => Some(Err(e)),
+            Err(Wait::Retry(_)) => None,
+        }
+    }
+
     /// Picks an endpoint for a request, waiting until `deadline` for one to
     /// become ready.
     pub async fn pick(&self, deadline: Instant) -> Result<InFlight, ProxyError> {

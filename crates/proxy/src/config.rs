@@ -109,6 +109,11 @@ pub struct Config {
     #[arg(long, env = "WEFT_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
 
+    /// The HTTP/2 data path: `splice` (weft's own, the default) or `hyper`
+    /// (the general-purpose library, kept for comparison).
+    #[arg(long, env = "WEFT_H2_ENGINE", value_enum, default_value_t = H2Engine::Splice)]
+    pub h2_engine: H2Engine,
+
     /// Log filter: a level (`info`), or `target=level` pairs, e.g.
     /// `warn,weft_proxy=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
@@ -153,6 +158,7 @@ impl Config {
             "shutdown_grace_ms": self.shutdown_grace.as_secs_f64() * 1e3,
             "balancer_idle_timeout_ms": self.balancer_idle_timeout.as_secs_f64() * 1e3,
             "threads": self.threads,
+            "h2_engine": self.h2_engine.to_string(),
         })
     }
 }
@@ -211,6 +217,24 @@ impl fmt::Display for Algorithm {
             Algorithm::PeakEwma => "peak-ewma",
             Algorithm::LeastRequest => "least-request",
             Algorithm::RoundRobin => "round-robin",
+        })
+    }
+}
+
+/// Which HTTP/2 implementation carries HTTP/2 and gRPC traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum H2Engine {
+    /// weft's own frame-forwarding engine (`splice`).
+    Splice,
+    /// hyper's HTTP/2 server and client.
+    Hyper,
+}
+
+impl fmt::Display for H2Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            H2Engine::Splice => "splice",
+            H2Engine::Hyper => "hyper",
         })
     }
 }

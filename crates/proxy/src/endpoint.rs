@@ -64,6 +64,22 @@ pub struct ClientParams {
     pub connect_timeout: Duration,
     pub max_header_bytes: u32,
     pub metrics: Arc<Metrics>,
+    pub engine: crate::config::H2Engine,
+}
+
+/// An endpoint's HTTP/2 connection, by engine.
+enum H2Conn {
+    Hyper(http2::SendRequest<Incoming>),
+    Splice(crate::splice::UpTx),
+}
+
+impl H2Conn {
+    fn is_closed(&self) -> bool {
+        match self {
+            H2Conn::Hyper(s) => s.is_closed(),
+            H2Conn::Splice(tx) => tx.is_closed(),
+        }
+    }
 }
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -88,7 +104,7 @@ struct BalanceState {
 enum ConnState {
     /// Opening a connection (HTTP/2), or nothing to open yet (HTTP/1.1, opaque).
     Idle,
-    Ready(http2::SendRequest<Incoming>),
+    Ready(H2Conn),
     /// The last attempt failed; no requests are sent here until `until`.
     Failed {
         error: Arc<str>,
@@ -140,6 +156,7 @@ pub struct EndpointView {
 
 /// A request in flight on an endpoint; finishing it (dropping this) lowers
 /// the endpoint's in-flight count.
+#[derive(Debug)]
 pub struct InFlight {
     pub endpoint: Arc<Endpoint>,
 }
@@ -218,7 +235,7 @@ impl Endpoint {
     /// Whether a request may be sent here now.
     pub fn is_ready(&self, now: Instant) -> bool {
         match &*lock(&self.state) {
-            ConnState::Ready(s) => !s.is_closed(),
+            ConnState::Ready(c) => !c.is_closed(),
             ConnState::Idle => self.proto != Proto::Http2,
             ConnState::Failed { until, .. } => self.proto != Proto::Http2 && now >= *until,
             ConnState::Retired => false,
@@ -399,10 +416,18 @@ impl Endpoint {
         }
     }
 
+    /// The splice engine's handle to the endpoint's connection, when ready.
+    pub fn splice_tx(&self) -> Option<crate::splice::UpTx> {
+        match &*lock(&self.state) {
+            ConnState::Ready(H2Conn::Splice(tx)) if !tx.is_closed() => Some(tx.clone()),
+            _ => None,
+        }
+    }
+
     /// Sends a request on the endpoint's HTTP/2 connection.
     pub async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, SendFailure> {
         let sender = match &*lock(&self.state) {
-            ConnState::Ready(s) => s.clone(),
+            ConnState::Ready(H2Conn::Hyper(s)) => s.clone(),
             _ => {
                 return Err(SendFailure {
                     error: self.upstream_error(self.unready_reason()),
@@ -484,7 +509,22 @@ impl Endpoint {
         Ok(sender)
     }
 
-    async fn connect_h2(&self) -> Result<(http2::SendRequest<Incoming>, tokio::sync::oneshot::Receiver<()>), String> {
+    async fn connect_h2(&self) -> Result<(H2Conn, tokio::sync::oneshot::Receiver<()>), String> {
+        if self.params.engine == crate::config::H2Engine::Splice {
+            let (tx, closed) = crate::splice::up::connect(
+                self.meta.addr,
+                self.params.connect_timeout,
+                self.params.max_header_bytes,
+            )
+            .await?;
+            self.connects.fetch_add(1, Ordering::Relaxed);
+            self.params
+                .metrics
+                .endpoint_connects
+                .get_or_create(&self.tcp_labels())
+                .inc();
+            return Ok((H2Conn::Splice(tx), closed));
+        }
         let tcp = self.connect_tcp().await?;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -513,7 +553,7 @@ impl Endpoint {
             }
             let _ = done_tx.send(());
         });
-        Ok((sender, done_rx))
+        Ok((H2Conn::Hyper(sender), done_rx))
     }
 }
 

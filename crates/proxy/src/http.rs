@@ -151,14 +151,38 @@ impl HttpProxy {
         cache: &ConnCache,
         grpc: bool,
     ) -> Result<(Arc<Balancer>, Arc<RouteMetrics>), ProxyError> {
+        let raw = match req.uri().authority() {
+            Some(a) => Some(a.as_str()),
+            None => match req.headers().get(header::HOST) {
+                Some(h) => Some(
+                    h.to_str()
+                        .map_err(|_| ProxyError::NoTarget("the Host header is not text".into()))?,
+                ),
+                None => None,
+            },
+        };
+        self.route_parts(raw, req.uri().scheme_str(), req.uri().path(), grpc, conn, cache)
+    }
+
+    /// The balancer and route metrics for a request with this authority
+    /// (`:authority` or `Host`), scheme and path, from the connection's memo
+    /// when the target and path were seen before on it.
+    pub fn route_parts(
+        &self,
+        authority: Option<&str>,
+        scheme: Option<&str>,
+        path: &str,
+        grpc: bool,
+        conn: &ConnMeta,
+        cache: &ConnCache,
+    ) -> Result<(Arc<Balancer>, Arc<RouteMetrics>), ProxyError> {
         // Inbound and transparent connections have one target; explicit
         // ones name it in each request.
         let key = if conn.app.is_some() || conn.orig_dst.is_some() {
             Some("")
         } else {
-            raw_authority(req)
+            authority
         };
-        let path = req.uri().path();
         let mut memo = lock(&cache.0);
         if let (Some(key), Some(m)) = (key, memo.as_mut())
             && &*m.key == key
@@ -175,7 +199,7 @@ impl HttpProxy {
             }
             return Ok((balancer, route));
         }
-        let dest = self.dest(req, conn)?;
+        let dest = self.dest(authority, scheme, conn)?;
         let balancer = self.router.balancer(&dest, conn.proto);
         let route = self.metrics.route(conn.direction.label(), &balancer.label, path, grpc);
         if let Some(key) = key {
@@ -189,7 +213,7 @@ impl HttpProxy {
     }
 
     /// Where a request goes.
-    fn dest(&self, req: &Request<Incoming>, conn: &ConnMeta) -> Result<Dest, ProxyError> {
+    fn dest(&self, authority: Option<&str>, scheme: Option<&str>, conn: &ConnMeta) -> Result<Dest, ProxyError> {
         if let Some(app) = conn.app {
             return Ok(Dest::Addr(app));
         }
@@ -199,7 +223,9 @@ impl HttpProxy {
                 None => Dest::Addr(dst),
             });
         }
-        let authority = request_authority(req)?;
+        let raw = authority.ok_or_else(|| ProxyError::NoTarget("no :authority or Host header".into()))?;
+        let default_port = if scheme == Some("https") { 443 } else { 80 };
+        let authority = Authority::parse(raw, Some(default_port)).map_err(|e| ProxyError::NoTarget(e.to_string()))?;
         Ok(match authority.socket_addr() {
             Some(addr) => match self.router.discovery().service_at(addr) {
                 Some(svc) => Dest::Service(svc),
@@ -207,6 +233,16 @@ impl HttpProxy {
             },
             None => Dest::Service(authority),
         })
+    }
+
+    /// The metrics the proxy records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// How long a request waits for an endpoint.
+    pub fn fail_fast(&self) -> Duration {
+        self.fail_fast
     }
 
     fn fail(&self, route: &Arc<RouteMetrics>, err: ProxyError, grpc: bool, start: Instant) -> Response<ProxyBody> {
@@ -271,33 +307,6 @@ struct Memo {
     key: Box<str>,
     balancer: Arc<Balancer>,
     routes: Vec<(Box<str>, Arc<RouteMetrics>)>,
-}
-
-/// The request's authority as sent, without parsing.
-fn raw_authority(req: &Request<Incoming>) -> Option<&str> {
-    match req.uri().authority() {
-        Some(a) => Some(a.as_str()),
-        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
-    }
-}
-
-/// The target named by a request: `:authority` (HTTP/2, or an absolute URI)
-/// or the `Host` header (HTTP/1.1).
-fn request_authority(req: &Request<Incoming>) -> Result<Authority, ProxyError> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => match req.headers().get(header::HOST) {
-            Some(h) => h
-                .to_str()
-                .map_err(|_| ProxyError::NoTarget("the Host header is not text".into()))?,
-            None => return Err(ProxyError::NoTarget("no :authority or Host header".into())),
-        },
-    };
-    let default_port = match req.uri().scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    };
-    Authority::parse(raw, Some(default_port)).map_err(|e| ProxyError::NoTarget(e.to_string()))
 }
 
 /// Removes HTTP/1.1 connection-level headers, which apply to one hop only.

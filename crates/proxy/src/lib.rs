@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod router;
 pub mod server;
+pub mod splice;
 pub mod tcp;
 
 use std::{
@@ -125,6 +126,7 @@ impl Proxy {
             connect_timeout: config.connect_timeout,
             max_header_bytes: config.max_header_bytes,
             metrics: metrics.clone(),
+            engine: config.h2_engine,
         });
         let outbound = router::Router::new(discovery, balance.clone(), client.clone(), config.balancer_idle_timeout);
         // Inbound always forwards to the local app; discovery plays no part.

@@ -38,6 +38,8 @@ pub struct ServerCtx {
     pub app: Option<SocketAddr>,
     h2: http2::Builder<TokioExecutor>,
     h1: http1::Builder,
+    /// HTTP/2 through the splice engine (`None`: through hyper).
+    splice: Option<Arc<crate::splice::down::DownCtx>>,
 }
 
 impl ServerCtx {
@@ -60,6 +62,13 @@ impl ServerCtx {
             .max_buf_size((config.max_header_bytes as usize).max(8192))
             .keep_alive(true)
             .auto_date_header(false);
+        let splice = (config.h2_engine == crate::config::H2Engine::Splice).then(|| {
+            Arc::new(crate::splice::down::DownCtx {
+                http: HttpProxy::new(router.clone(), metrics.clone(), config.fail_fast_timeout),
+                max_concurrent_streams: config.max_concurrent_streams,
+                max_header_bytes: config.max_header_bytes,
+            })
+        });
         ServerCtx {
             direction,
             http: HttpProxy::new(router.clone(), metrics.clone(), config.fail_fast_timeout),
@@ -75,6 +84,7 @@ impl ServerCtx {
             },
             h2,
             h1,
+            splice,
         }
     }
 }
@@ -156,6 +166,12 @@ async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCtx>
         app,
         proto,
     };
+    if let (Proto::Http2, Some(splice)) = (proto, &ctx.splice) {
+        crate::splice::down::serve(stream, buf, meta, splice.clone(), drain).await;
+        ctx.metrics.tcp_close.get_or_create(&dir).inc();
+        ctx.metrics.tcp_active.get_or_create(&dir).dec();
+        return;
+    }
     let io = PrefixedIo::new(buf, stream);
     match proto {
         Proto::Http2 | Proto::Http1 => serve_http(io, meta, &ctx, &drain).await,

@@ -239,8 +239,11 @@ async fn an_app_dialling_the_service_ip_is_balanced_by_weft() {
     let t = tally(hosts.iter().map(String::as_str));
     eprintln!("through the VIP, transparently: {t:?}");
     assert_eq!(t.len(), 3, "one connection to the VIP reaches every replica: {t:?}");
+    // Every replica gets a real share (fairness between equal replicas is
+    // checked in balancing.rs; here the replicas sit behind a veth pair and
+    // the latency-aware balancer may favour the quicker ones).
     for (h, n) in &t {
-        assert!((150..=252).contains(n), "{h} served {n} of 600");
+        assert!(*n >= 90, "{h} served {n} of 600");
     }
 
     // Opaque, server-speaks-first: the banner arrives at once (the port skips

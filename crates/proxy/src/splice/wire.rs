@@ -1,0 +1,345 @@
+//! One HTTP/2 connection's socket side, shared by client-side and
+//! endpoint-side connections: buffered reads split into frames, one output
+//! buffer written in as few system calls as possible, the HPACK codecs, the
+//! peer's settings and the connection-level flow-control windows.
+
+use std::{
+    io,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+
+use super::{
+    CONN_WINDOW, CREDIT_BATCH, ConnError, STREAM_WINDOW,
+    frame::{self, Head, Settings, code, flag, kind},
+    hpack::{Decoder, Encoder},
+};
+
+/// Smallest read buffer; it grows to hold the largest frame seen.
+const READ_CHUNK: usize = 4096;
+/// Largest frame payload this side accepts (SETTINGS_MAX_FRAME_SIZE, default).
+pub const MAX_FRAME_IN: u32 = frame::DEFAULT_MAX_FRAME;
+
+/// A HEADERS frame waiting for its CONTINUATION frames.
+#[derive(Debug)]
+pub struct Partial {
+    pub stream: u32,
+    pub end_stream: bool,
+    pub block: Vec<u8>,
+}
+
+pub struct Wire {
+    pub io: TcpStream,
+    pub rbuf: BytesMut,
+    pub wbuf: Vec<u8>,
+    wpos: usize,
+    pub read_closed: bool,
+    pub dec: Decoder,
+    pub enc: Encoder,
+    /// The peer's settings.
+    pub peer: Settings,
+    pub peer_settings_seen: bool,
+    /// How much more this side may send on the connection.
+    pub conn_send: i64,
+    /// Connection-level bytes received and not yet granted back.
+    conn_credit: u32,
+    pub partial: Option<Partial>,
+    /// Scratch space for encoding one header block.
+    block: Vec<u8>,
+}
+
+impl Wire {
+    /// An empty buffer to encode a header block into; give it back with
+    /// [`Wire::return_block`] so that its allocation is reused.
+    pub fn wbuf_block(&mut self) -> Vec<u8> {
+        let mut b = std::mem::take(&mut self.block);
+        b.clear();
+        b
+    }
+
+    pub fn return_block(&mut self, b: Vec<u8>) {
+        self.block = b;
+    }
+
+    /// Wraps a socket, queueing this side's SETTINGS (and, for a client, the
+    /// connection preface) and the connection window grant.
+    pub fn new(io: TcpStream, prefix: BytesMut, client: bool, settings: &[(u16, u32)]) -> Wire {
+        let mut wbuf = Vec::with_capacity(128);
+        if client {
+            wbuf.extend_from_slice(frame::PREFACE);
+        }
+        frame::put_settings(&mut wbuf, settings);
+        frame::put_window_update(&mut wbuf, 0, CONN_WINDOW - frame::DEFAULT_WINDOW);
+        let mut rbuf = prefix;
+        if rbuf.capacity() < READ_CHUNK {
+            rbuf.reserve(READ_CHUNK - rbuf.len());
+        }
+        Wire {
+            io,
+            rbuf,
+            wbuf,
+            wpos: 0,
+            read_closed: false,
+            dec: Decoder::new(4096),
+            enc: Encoder::default(),
+            peer: Settings::default(),
+            peer_settings_seen: false,
+            conn_send: i64::from(frame::DEFAULT_WINDOW),
+            conn_credit: 0,
+            partial: None,
+            block: Vec::new(),
+        }
+    }
+
+    /// This side's SETTINGS for a connection (both roles).
+    pub fn settings(max_concurrent: Option<u32>, max_header_list: u32, client: bool) -> Vec<(u16, u32)> {
+        let mut s = vec![
+            (frame::setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+            (frame::setting::MAX_HEADER_LIST_SIZE, max_header_list),
+        ];
+        if client {
+            s.push((frame::setting::ENABLE_PUSH, 0));
+        }
+        if let Some(n) = max_concurrent {
+            s.push((frame::setting::MAX_CONCURRENT_STREAMS, n));
+        }
+        s
+    }
+
+    /// Reads what the socket has. `Ready(Ok(0))` is end of stream.
+    ///
+    /// A read that did not fill the buffer drained the socket, so its
+    /// readiness is cleared at once: the next call waits for the next epoll
+    /// event instead of spending a system call to learn `EAGAIN`. The read
+    /// runs inside `try_io`, so tokio clears readiness only if no event
+    /// arrived since before the read (none can be lost).
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            match self.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            let room = self.rbuf.capacity() - self.rbuf.len();
+            let (io, rbuf) = (&self.io, &mut self.rbuf);
+            let mut got = None;
+            let result = io.try_io(tokio::io::Interest::READABLE, || {
+                let n = io.try_read_buf(rbuf)?;
+                got = Some(n);
+                if n > 0 && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match (got, result) {
+                (Some(n), _) => {
+                    if n == 0 {
+                        self.read_closed = true;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (None, Err(e)) => return Poll::Ready(Err(e)),
+                (None, Ok(())) => continue,
+            }
+        }
+    }
+
+    /// Whether output is waiting to be written.
+    pub fn has_output(&self) -> bool {
+        self.wpos < self.wbuf.len()
+    }
+
+    /// Bytes of output waiting.
+    pub fn output_len(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Writes as much output as the socket takes. `Ready(Ok)` when all of it
+    /// is written.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            match self.io.try_write(&self.wbuf[self.wpos..]) {
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.io.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        if self.wbuf.capacity() > 256 << 10 {
+            self.wbuf.shrink_to(16 << 10);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The next complete frame in the read buffer, if any.
+    pub fn next_frame(&mut self) -> Result<Option<(Head, Bytes)>, ConnError> {
+        if self.rbuf.len() < frame::HEAD_LEN {
+            return Ok(None);
+        }
+        let head = Head::parse(&self.rbuf);
+        if head.len > MAX_FRAME_IN {
+            return Err(ConnError::new(
+                code::FRAME_SIZE_ERROR,
+                format!("a {}-byte frame exceeds the maximum", head.len),
+            ));
+        }
+        let total = frame::HEAD_LEN + head.len as usize;
+        if self.rbuf.len() < total {
+            self.rbuf.reserve(total - self.rbuf.len());
+            return Ok(None);
+        }
+        let mut f = self.rbuf.split_to(total).freeze();
+        let payload = f.split_off(frame::HEAD_LEN);
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 64 << 10 {
+            self.rbuf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        Ok(Some((head, payload)))
+    }
+
+    /// Handles the frames about the connection itself (SETTINGS, PING,
+    /// connection WINDOW_UPDATE). Returns `Ok(true)` when the frame was one.
+    /// `on_window` is told the change of the peer's initial stream window.
+    pub fn connection_frame(&mut self, head: &Head, payload: &[u8], on_window: &mut i64) -> Result<bool, ConnError> {
+        match head.kind {
+            kind::SETTINGS => {
+                if head.stream != 0 {
+                    return Err(ConnError::new(code::PROTOCOL_ERROR, "SETTINGS on a stream"));
+                }
+                if head.has(flag::ACK) {
+                    if !payload.is_empty() {
+                        return Err(ConnError::new(code::FRAME_SIZE_ERROR, "SETTINGS ack with a payload"));
+                    }
+                    return Ok(true);
+                }
+                let before = self.peer.initial_window_size;
+                self.peer
+                    .apply(payload)
+                    .map_err(|c| ConnError::new(c, "invalid SETTINGS"))?;
+                *on_window += i64::from(self.peer.initial_window_size) - i64::from(before);
+                self.enc.set_peer_limit(self.peer.header_table_size);
+                self.peer_settings_seen = true;
+                frame::put_settings_ack(&mut self.wbuf);
+                Ok(true)
+            }
+            kind::PING => {
+                if head.stream != 0 || payload.len() != 8 {
+                    return Err(ConnError::new(code::PROTOCOL_ERROR, "malformed PING"));
+                }
+                if !head.has(flag::ACK) {
+                    frame::put_ping_ack(&mut self.wbuf, payload);
+                }
+                Ok(true)
+            }
+            kind::WINDOW_UPDATE if head.stream == 0 => {
+                let inc = window_increment(payload)?;
+                self.conn_send += i64::from(inc);
+                if self.conn_send > frame::MAX_WINDOW {
+                    return Err(ConnError::new(code::FLOW_CONTROL_ERROR, "connection window overflow"));
+                }
+                Ok(true)
+            }
+            kind::PRIORITY => {
+                if payload.len() != 5 {
+                    return Err(ConnError::new(code::FRAME_SIZE_ERROR, "PRIORITY frame size"));
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Accounts for `n` received DATA bytes against the connection window
+    /// and grants them back in batches (connection-level credit is local;
+    /// streams carry the end-to-end back-pressure).
+    pub fn received(&mut self, n: u32) {
+        self.conn_credit += n;
+        if self.conn_credit >= CREDIT_BATCH {
+            frame::put_window_update(&mut self.wbuf, 0, self.conn_credit);
+            self.conn_credit = 0;
+        }
+    }
+
+    /// Queues a GOAWAY.
+    pub fn goaway(&mut self, last_stream: u32, error: u32, debug: &str) {
+        frame::put_goaway(&mut self.wbuf, last_stream, error, debug.as_bytes());
+    }
+
+    /// Collects a header block (HEADERS plus CONTINUATION frames). Returns
+    /// the complete block when END_HEADERS arrives.
+    pub fn header_block(&mut self, head: &Head, payload: Bytes) -> Result<Option<Partial>, ConnError> {
+        match head.kind {
+            kind::HEADERS => {
+                if self.partial.is_some() {
+                    return Err(ConnError::new(code::PROTOCOL_ERROR, "HEADERS inside a header block"));
+                }
+                let range =
+                    frame::unpad(head, &payload).ok_or_else(|| ConnError::new(code::PROTOCOL_ERROR, "bad padding"))?;
+                let mut block = &payload[range];
+                if head.has(flag::PRIORITY) {
+                    if block.len() < 5 {
+                        return Err(ConnError::new(code::PROTOCOL_ERROR, "short HEADERS priority"));
+                    }
+                    block = &block[5..];
+                }
+                let p = Partial {
+                    stream: head.stream,
+                    end_stream: head.has(flag::END_STREAM),
+                    block: block.to_vec(),
+                };
+                if head.has(flag::END_HEADERS) {
+                    Ok(Some(p))
+                } else {
+                    self.partial = Some(p);
+                    Ok(None)
+                }
+            }
+            kind::CONTINUATION => {
+                let Some(p) = self.partial.as_mut().filter(|p| p.stream == head.stream) else {
+                    return Err(ConnError::new(code::PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
+                };
+                p.block.extend_from_slice(&payload);
+                if p.block.len() > 1 << 20 {
+                    return Err(ConnError::new(code::ENHANCE_YOUR_CALM, "header block too large"));
+                }
+                if head.has(flag::END_HEADERS) {
+                    Ok(self.partial.take())
+                } else {
+                    Ok(None)
+                }
+            }
+            _ => Err(ConnError::new(code::PROTOCOL_ERROR, "not a header frame")),
+        }
+    }
+}
+
+/// The increment of a WINDOW_UPDATE payload.
+pub fn window_increment(payload: &[u8]) -> Result<u32, ConnError> {
+    if payload.len() != 4 {
+        return Err(ConnError::new(code::FRAME_SIZE_ERROR, "WINDOW_UPDATE size"));
+    }
+    let inc = u32::from_be_bytes([payload[0] & 0x7f, payload[1], payload[2], payload[3]]);
+    if inc == 0 {
+        return Err(ConnError::new(code::PROTOCOL_ERROR, "WINDOW_UPDATE of zero"));
+    }
+    Ok(inc)
+}
+
+/// The error code of a RST_STREAM payload.
+pub fn rst_code(payload: &[u8]) -> Result<u32, ConnError> {
+    if payload.len() != 4 {
+        return Err(ConnError::new(code::FRAME_SIZE_ERROR, "RST_STREAM size"));
+    }
+    Ok(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]))
+}

@@ -15,13 +15,14 @@ use crate::procs::{Proc, free_addr, sibling};
 
 const SERVICE: &str = "square.demo:50051";
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone, Copy)]
 pub struct DemoArgs {
     /// Calls per phase.
     #[arg(long, default_value_t = 300)]
     calls: u64,
-    /// Calls in flight at once (all on one HTTP/2 connection).
-    #[arg(long, default_value_t = 4)]
+    /// Calls in flight at once (all on one HTTP/2 connection); 1 sends
+    /// them one after another, like a simple client.
+    #[arg(long, default_value_t = 1)]
     concurrency: usize,
     /// Delay added to one replica in phase (c), in milliseconds.
     #[arg(long, default_value_t = 20)]
@@ -150,6 +151,14 @@ async fn scene(
     );
 
     let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
+    // A few calls first, as a running mesh would have had: every proxy's
+    // connections are open and the balancer has its first latency samples.
+    let warm = DemoArgs {
+        calls: 30,
+        quiet: true,
+        ..*args
+    };
+    phase(&warm, client, "warm-up", outbound, Some(SERVICE)).await?;
     let a = phase(args, client, "a", l4, None).await?;
     summary(
         "(a) through a Kubernetes-style Service: it balances connections, so one replica gets every call",

@@ -51,7 +51,7 @@ struct State {
 }
 
 /// How often the balancer looks for avoided endpoints due for a probe.
-const PROBE_SCAN: Duration = Duration::from_millis(10);
+const PROBE_SCAN: Duration = Duration::from_millis(5);
 
 /// Balances one target's requests of one protocol over its endpoints.
 pub struct Balancer {
@@ -380,17 +380,22 @@ pub const TIE: f64 = 2.0;
 
 /// Power of two choices between `x` and `y` (drawn at random): the clearly
 /// lower load wins; between equivalent loads (or an endpoint still warming
-/// up), fewer requests in flight; then `x`.
+/// up, then by requests in flight), the first drawn, so that noise cannot
+/// rank equal replicas.
 fn choose<'a>(x: &'a Arc<Endpoint>, y: &'a Arc<Endpoint>, now: Instant) -> &'a Arc<Endpoint> {
-    if let (Some(lx), Some(ly)) = (x.load(now), y.load(now)) {
-        if lx > TIE * ly {
-            return y;
+    match (x.load(now), y.load(now)) {
+        (Some(lx), Some(ly)) => {
+            if lx > TIE * ly {
+                y
+            } else {
+                x
+            }
         }
-        if ly > TIE * lx {
-            return x;
+        _ => {
+            // Warming up: no latency yet, so requests in flight decide.
+            if y.in_flight() < x.in_flight() { y } else { x }
         }
     }
-    if y.in_flight() < x.in_flight() { y } else { x }
 }
 
 /// An endpoint that the balancer avoids for its latency (its load is beyond

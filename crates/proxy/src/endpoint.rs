@@ -70,14 +70,14 @@ pub struct ClientParams {
 /// An endpoint's HTTP/2 connection, by engine.
 enum H2Conn {
     Hyper(http2::SendRequest<Incoming>),
-    Splice(crate::splice::UpTx),
+    Splice(crate::splice::UpHandle),
 }
 
 impl H2Conn {
     fn is_closed(&self) -> bool {
         match self {
             H2Conn::Hyper(s) => s.is_closed(),
-            H2Conn::Splice(tx) => tx.is_closed(),
+            H2Conn::Splice(h) => !h.is_open(),
         }
     }
 }
@@ -92,7 +92,7 @@ const STABLE_AFTER: Duration = Duration::from_secs(1);
 /// An endpoint avoided for its latency gets one probe request after this
 /// long, then after twice as long each time it is still avoided (up to τ),
 /// so that the balancer learns when it has recovered.
-pub const PROBE_BASE: Duration = Duration::from_millis(50);
+pub const PROBE_BASE: Duration = Duration::from_millis(10);
 
 /// What the balancer weighs, under one lock.
 struct BalanceState {
@@ -304,9 +304,15 @@ impl Endpoint {
     /// (headers) arrived now.
     pub fn observe(&self, sent: Instant) {
         let now = Instant::now();
-        lock(&self.balance)
-            .ewma
-            .observe(now.saturating_duration_since(sent), sent, now);
+        let rtt = now.saturating_duration_since(sent);
+        let mut b = lock(&self.balance);
+        // A response much faster than the estimate is a sign of recovery:
+        // the next probe comes soon, to confirm it.
+        let (sample, estimate) = (rtt.as_secs_f64() * 1e9, b.ewma.estimate_ns(now));
+        if sample * crate::ewma::JUMP < estimate && estimate - sample >= crate::ewma::JUMP_FLOOR_NS {
+            b.probe_every = PROBE_BASE;
+        }
+        b.ewma.observe(rtt, sent, now);
     }
 
     /// Stops using the endpoint: no new requests, no reconnects. Requests in
@@ -419,7 +425,7 @@ impl Endpoint {
     /// The splice engine's handle to the endpoint's connection, when ready.
     pub fn splice_tx(&self) -> Option<crate::splice::UpTx> {
         match &*lock(&self.state) {
-            ConnState::Ready(H2Conn::Splice(tx)) if !tx.is_closed() => Some(tx.clone()),
+            ConnState::Ready(H2Conn::Splice(h)) if h.is_open() => Some(h.tx.clone()),
             _ => None,
         }
     }

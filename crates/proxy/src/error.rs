@@ -49,6 +49,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         detail: String,
     },
+    #[error("the request could not be sent: {0}")]
+    Unsent(String),
 }
 
 /// Whose fault a failure is, for logs and metrics.
@@ -75,7 +77,7 @@ impl ProxyError {
                 h2::Reason::ENHANCE_YOUR_CALM => code::RESOURCE_EXHAUSTED,
                 _ => code::INTERNAL,
             },
-            ProxyError::Upstream { .. } => code::UNAVAILABLE,
+            ProxyError::Upstream { .. } | ProxyError::Unsent(_) => code::UNAVAILABLE,
         }
     }
 
@@ -89,6 +91,7 @@ impl ProxyError {
             | ProxyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamReset { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Unsent(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -103,6 +106,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => "deadline_exceeded",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::Upstream { .. } => "upstream",
+            ProxyError::Unsent(_) => "unsent",
         }
     }
 
@@ -112,9 +116,10 @@ impl ProxyError {
             ProxyError::UnknownService(_) | ProxyError::DiscoveryPending { .. } | ProxyError::NoEndpoints(_) => {
                 Fault::Discovery
             }
-            ProxyError::Unavailable { .. } | ProxyError::UpstreamReset { .. } | ProxyError::Upstream { .. } => {
-                Fault::Upstream
-            }
+            ProxyError::Unavailable { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::Unsent(_) => Fault::Upstream,
         }
     }
 

@@ -11,7 +11,7 @@
 //! 54 % of traffic where a third was due; see ARCHITECTURE.md). So here:
 //!
 //! - a **jump** (a sample above [`JUMP`] × the estimate, or below 1/[`JUMP`]
-//!   of it) counts only when a second one in the same direction confirms
+//!   of it, and at least a millisecond away) counts only when a second one in the same direction confirms
 //!   it, from a request *sent after* the first one arrived; then the
 //!   estimate moves at once (to the nearer of the two). An isolated hiccup
 //!   (or one stall seen by several overlapping requests) is ignored; a
@@ -30,9 +30,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A sample this many times above (or below) the estimate is a jump, which
-/// must be confirmed.
-pub const JUMP: f64 = 3.0;
+/// A sample this many times above (or below) the estimate, and at least
+/// [`JUMP_FLOOR_NS`] away from it, is a jump, which must be confirmed.
+pub const JUMP: f64 = 4.0;
+/// Differences under a millisecond are noise for balancing purposes.
+pub const JUMP_FLOOR_NS: f64 = 1e6;
 /// The smallest weight a normal sample gets (a memory of ~100 samples).
 const MIN_WEIGHT: f64 = 0.01;
 /// Samples before an estimate is trusted to rank an endpoint; until then the
@@ -90,8 +92,9 @@ impl PeakEwma {
             self.take(sample, now);
             return;
         }
-        let up = sample > JUMP * current;
-        if up || sample * JUMP < current {
+        let up = sample > JUMP * current && sample - current >= JUMP_FLOOR_NS;
+        let down = sample * JUMP < current && current - sample >= JUMP_FLOOR_NS;
+        if up || down {
             // The nearer of two jump samples: the smaller going up, the larger going down.
             let nearer = |a: f64, b: f64| if up { a.min(b) } else { a.max(b) };
             match self.pending {

@@ -28,6 +28,8 @@ mod huffman;
 pub mod up;
 mod wire;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -52,6 +54,22 @@ pub struct StreamKey {
 }
 
 pub type UpTx = mpsc::UnboundedSender<ToUp>;
+
+/// An endpoint connection as its endpoint holds it.
+#[derive(Clone, Debug)]
+pub struct UpHandle {
+    pub tx: UpTx,
+    /// Set when the endpoint sent GOAWAY: the connection finishes its
+    /// streams but takes no new ones.
+    pub going_away: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UpHandle {
+    /// Whether new requests may be sent on the connection.
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed() && !self.going_away.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 pub type DownTx = mpsc::UnboundedSender<ToDown>;
 
 /// A request travelling to an endpoint connection: everything of it the
@@ -60,19 +78,14 @@ pub type DownTx = mpsc::UnboundedSender<ToDown>;
 pub struct Open {
     pub key: StreamKey,
     pub reply: DownTx,
-    pub head: Vec<Field>,
+    /// Shared with the client-side connection, which keeps it (and the
+    /// body) until the response begins, to send the request elsewhere if
+    /// this endpoint never processes it.
+    pub head: Arc<[Field]>,
     pub body: Vec<Bytes>,
     pub trailers: Option<Vec<Field>>,
     /// The client has sent all of the request.
     pub end: bool,
-}
-
-impl Open {
-    /// Whether the proxy holds all of the request, so that it can be sent
-    /// to another endpoint if this one never took it.
-    pub fn is_complete(&self) -> bool {
-        self.end
-    }
 }
 
 /// Client connection → endpoint connection.
@@ -126,10 +139,11 @@ pub enum ToDown {
         code: u32,
         detail: String,
     },
-    /// The endpoint connection never sent this request (it closed, or was
-    /// told to go away); the client connection may send it elsewhere.
+    /// The endpoint never processed this request: it was still queued when
+    /// the connection ended, or the endpoint refused the stream or went away
+    /// before reaching it. The client connection may send it elsewhere.
     Bounce {
-        open: Box<Open>,
+        stream: u32,
         detail: String,
     },
     Credit {

@@ -42,19 +42,24 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Starts the `square` binary on a free port and waits until it accepts connections.
+/// Starts the `square` binary on port 0 and returns it with the address it
+/// bound (read from its start-up line, so no port can be raced for).
 pub async fn square(name: &str, extra: &[&str]) -> (Proc, SocketAddr) {
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let child = Command::new(crate::bin_path("square"))
-        .args(["--listen", &addr.to_string(), "--name", name])
+    let mut child = Command::new(crate::bin_path("square"))
+        .args(["--listen", "127.0.0.1:0", "--name", name])
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn square");
-    wait_listening(addr).await;
+    let stderr = child.stderr.take().expect("stderr");
+    let line = first_line_with(stderr, " listening on ").await;
+    let addr: SocketAddr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .expect("square's address");
     (
         Proc {
             child,
@@ -62,6 +67,62 @@ pub async fn square(name: &str, extra: &[&str]) -> (Proc, SocketAddr) {
         },
         addr,
     )
+}
+
+/// Starts the `weft-proxy` binary with its listeners on port 0; returns it
+/// with its (outbound, admin) addresses, read from its start-up log.
+pub async fn weft_proxy(extra: &[&str]) -> (Proc, Option<SocketAddr>, Option<SocketAddr>) {
+    let mut child = Command::new(crate::bin_path("weft-proxy"))
+        .args([
+            "--outbound-listen",
+            "127.0.0.1:0",
+            "--inbound-listen",
+            "off",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log", "info"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn weft-proxy");
+    let stderr = child.stderr.take().expect("stderr");
+    let line = first_line_with(stderr, "listening").await;
+    let find = |key: &str| {
+        let start = line.find(&format!("{key}=Some("))? + key.len() + 6;
+        line[start..].split(')').next()?.parse().ok()
+    };
+    (
+        Proc {
+            child,
+            name: "weft-proxy".into(),
+        },
+        find("outbound"),
+        find("admin"),
+    )
+}
+
+/// Reads lines until one contains `needle` (10 s at most); the rest of the
+/// stream is drained in the background so the child never blocks on it.
+async fn first_line_with(stderr: tokio::process::ChildStderr, needle: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| panic!("no start-up line containing {needle:?}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    found
 }
 
 /// Waits until something accepts TCP connections on `addr`.

@@ -1,7 +1,7 @@
 //! The shipped binaries as a user runs them: `weft demo`, and weft-proxy's
 //! start-up errors and shutdown.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use weft_test_support::{bin_path, process};
 
@@ -25,7 +25,7 @@ fn phase_shares(stderr: &str, phase: &str) -> Vec<(String, f64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_demo_shows_the_problem_and_the_fix() {
     let out = tokio::process::Command::new(bin_path("weft"))
-        .args(["demo", "--calls", "200"])
+        .args(["demo", "--calls", "300"])
         .output()
         .await
         .unwrap();
@@ -34,7 +34,7 @@ async fn weft_demo_shows_the_problem_and_the_fix() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     // One JSON line per call, tagged with its phase.
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 600);
+    assert_eq!(lines.len(), 900);
     for l in &lines {
         assert_eq!(l["result"].as_i64().unwrap(), l["input"].as_i64().unwrap().pow(2));
     }
@@ -102,26 +102,10 @@ async fn weft_proxy_fails_loudly_on_a_port_conflict() {
 
 #[tokio::test]
 async fn weft_proxy_exits_cleanly_on_sigterm() {
-    let (out, admin) = (process::free_port(), process::free_port());
-    let mut child = tokio::process::Command::new(bin_path("weft-proxy"))
-        .args([
-            "--outbound-listen",
-            &format!("127.0.0.1:{out}"),
-            "--inbound-listen",
-            "off",
-        ])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    process::wait_listening(format!("127.0.0.1:{admin}").parse().unwrap()).await;
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+    let (mut proxy, _outbound, admin) = process::weft_proxy(&[]).await;
+    process::wait_listening(admin.expect("admin address")).await;
+    proxy.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(5), proxy.child.wait())
         .await
         .expect("exits promptly")
         .unwrap();

@@ -145,3 +145,42 @@ async fn a_replica_killed_under_load_loses_only_its_calls_in_flight() {
         failed.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_drains_under_load_loses_no_call() {
+    // Two replicas, each behind its own inbound proxy; the client's proxy
+    // balances over the two inbound proxies. One of them drains (GOAWAY):
+    // the calls it had accepted finish there, the ones it had not are sent
+    // to the other, and none fails.
+    let mut opts = SquareOptions::named("square-a");
+    opts.behavior.delay_ms = 10;
+    let a = square::spawn(opts).await.unwrap();
+    let mut opts = SquareOptions::named("square-b");
+    opts.behavior.delay_ms = 10;
+    let b = square::spawn(opts).await.unwrap();
+    let inbound_a = TestProxy::start(&["--inbound-forward", &a.addr.to_string(), "--shutdown-grace", "5s"]).await;
+    let inbound_b = TestProxy::start(&["--inbound-forward", &b.addr.to_string()]).await;
+    let disc = DiscoveryFile::new();
+    disc.set(SVC, &[("pod-a", inbound_a.inbound), ("pod-b", inbound_b.inbound)]);
+    let client = TestProxy::with_discovery(&disc, &[]).await;
+    let load = OpenLoad::start(client.channel(SVC).await, 400);
+    eventually("both pods to serve", Duration::from_secs(3), || async {
+        (a.stats().calls > 50 && b.stats().calls > 50).then_some(())
+    })
+    .await;
+    inbound_a.proxy.shutdown();
+    assert!(inbound_a.proxy.wait().await, "pod-a drained in time");
+    let drained_at = a.stats().calls;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = load.finish().await;
+    let failed: Vec<_> = calls.iter().filter(|c| c.result.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, e.g. {:?}",
+        failed.len(),
+        calls.len(),
+        failed[0].result
+    );
+    assert_eq!(a.stats().calls, drained_at, "nothing reached pod-a after its drain");
+    assert!(calls.len() > 300, "{} calls", calls.len());
+}

@@ -331,3 +331,50 @@ async fn admin_endpoints() {
     assert!(m.contains("weft_endpoint_latency_estimate_seconds{"), "{m}");
     assert!(m.contains("weft_endpoint_in_flight{"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_advertised_limit_are_refused() {
+    use weft_proxy::splice::hpack::{Encoder, Field};
+    let (_r, proxy, _d) = mesh(&["--max-concurrent-streams", "2"]).await;
+    let mut enc = Encoder::default();
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    for stream in [1u32, 3, 5] {
+        let mut block = Vec::new();
+        enc.encode(
+            &[
+                Field::new(":method", "POST"),
+                Field::new(":scheme", "http"),
+                Field::new(":path", "/square.Square/Square"),
+                Field::new(":authority", SVC),
+                Field::new("content-type", "application/grpc"),
+            ],
+            &mut block,
+        );
+        // HEADERS without END_STREAM: the requests stay open.
+        bytes.extend_from_slice(&[0, (block.len() >> 8) as u8, block.len() as u8, 1, 4]);
+        bytes.extend_from_slice(&stream.to_be_bytes());
+        bytes.extend_from_slice(&block);
+    }
+    let mut s = tokio::net::TcpStream::connect(proxy.outbound).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before refusing");
+            got.extend_from_slice(&buf[..n]);
+            if let Some(f) = frames(&got).into_iter().find(|f| f.0 == 3 && f.2 == 5) {
+                return u32::from_be_bytes([f.3[0], f.3[1], f.3[2], f.3[3]]);
+            }
+        }
+    })
+    .await
+    .expect("RST_STREAM for the third stream");
+    assert_eq!(refused, 7, "REFUSED_STREAM");
+    assert!(
+        !frames(&got).iter().any(|f| f.0 == 3 && (f.2 == 1 || f.2 == 3)),
+        "the first two are served"
+    );
+}

@@ -40,6 +40,17 @@ use crate::{
 
 /// A request is sent to at most this many endpoints that never took it.
 const MAX_ATTEMPTS: u8 = 4;
+/// A request is kept for sending elsewhere only up to this size.
+const REPLAY_LIMIT: usize = 64 << 10;
+
+/// What the client connection keeps of a request until its response
+/// begins, to send it to another endpoint if the first never processes it.
+struct Replay {
+    head: Arc<[Field]>,
+    body: Vec<Bytes>,
+    size: usize,
+    trailers: Option<Vec<Field>>,
+}
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -76,6 +87,7 @@ struct Exchange {
 struct Stream {
     key: StreamKey,
     up: Upstream,
+    replay: Option<Replay>,
     /// The client finished its request.
     client_done: bool,
     /// What the client may still send on the stream.
@@ -335,6 +347,9 @@ impl Down {
             }
             s.client_done = true;
             let trailers = std::mem::take(&mut fields);
+            if let Some(r) = s.replay.as_mut() {
+                r.trailers = Some(trailers.clone());
+            }
             match &mut s.up {
                 Upstream::Attached(up) => {
                     let _ = up.send(ToUp::Trailers {
@@ -424,7 +439,7 @@ impl Down {
                 return Ok(());
             }
         };
-        let head = std::mem::take(&mut fields);
+        let head: Arc<[Field]> = fields.drain(..).collect();
         self.scratch = fields;
         route.requests.inc();
         let deadline = timeout.map(|t| (start + t, t));
@@ -434,7 +449,7 @@ impl Down {
         let open = Box::new(Open {
             key,
             reply: self.tx.clone(),
-            head,
+            head: head.clone(),
             body: Vec::new(),
             trailers: None,
             end: block.end_stream,
@@ -442,6 +457,12 @@ impl Down {
         let stream = Stream {
             key,
             up: Upstream::Waiting(open),
+            replay: Some(Replay {
+                head,
+                body: Vec::new(),
+                size: 0,
+                trailers: None,
+            }),
             client_done: block.end_stream,
             recv_window: i64::from(STREAM_WINDOW),
             client_credit: 0,
@@ -494,6 +515,14 @@ impl Down {
         let padding = len - data.len() as u32;
         s.client_done = end;
         s.client_credit += padding;
+        if let Some(r) = s.replay.as_mut() {
+            r.size += data.len();
+            if r.size > REPLAY_LIMIT {
+                s.replay = None;
+            } else if !data.is_empty() {
+                r.body.push(data.clone());
+            }
+        }
         match &mut s.up {
             Upstream::Attached(up) => {
                 let _ = up.send(ToUp::Data { key: s.key, data, end });
@@ -576,7 +605,7 @@ impl Down {
                 self.fail(
                     id,
                     grpc,
-                    &ProxyError::NoTarget("every endpoint connection closed under the request".into()),
+                    &ProxyError::Unsent("every endpoint connection closed under the request".into()),
                 );
             }
         }
@@ -605,6 +634,7 @@ impl Down {
                     s.x.head_grpc_status = grpc_status(&fields);
                 }
                 s.head_sent = true;
+                s.replay = None;
                 self.encode_head(stream, &fields, end);
                 self.scratch = fields;
                 if end {
@@ -652,7 +682,7 @@ impl Down {
                             addr: ep.meta.addr,
                             reason: h2::Reason::from(reason),
                         },
-                        None => ProxyError::NoTarget(detail.clone()),
+                        None => ProxyError::Unsent(detail.clone()),
                     };
                     tracing::debug!(stream, detail, "endpoint reset a stream before answering");
                     let grpc = s.x.grpc;
@@ -675,23 +705,32 @@ impl Down {
                     }
                 }
             }
-            ToDown::Bounce { open, detail } => {
-                let stream = open.key.stream;
+            ToDown::Bounce { stream, detail } => {
                 let Some(s) = self.streams.get_mut(&stream) else { return };
-                tracing::debug!(stream, detail, "request came back unsent");
+                tracing::debug!(stream, detail, "the endpoint never processed the request");
                 s.x.in_flight = None;
                 s.x.attempts += 1;
-                // Data the client sent after the request left is in the
-                // stream's own record only if it never left: a complete
-                // request (all of it in `open`) can go elsewhere.
-                if open.is_complete() && s.x.attempts < MAX_ATTEMPTS && !s.head_sent {
-                    s.up = Upstream::Waiting(open);
-                    self.dispatch(stream, None);
-                } else {
-                    s.up = Upstream::Detached;
-                    let e = ProxyError::NoTarget(format!("the request could not be sent: {detail}"));
-                    let grpc = s.x.grpc;
-                    self.fail(stream, grpc, &e);
+                match &s.replay {
+                    Some(r) if s.x.attempts < MAX_ATTEMPTS && !s.head_sent => {
+                        // Everything the client sent so far; the rest follows
+                        // to wherever the request goes now.
+                        let open = Box::new(Open {
+                            key: s.key,
+                            reply: self.tx.clone(),
+                            head: r.head.clone(),
+                            body: r.body.clone(),
+                            trailers: r.trailers.clone(),
+                            end: s.client_done,
+                        });
+                        s.up = Upstream::Waiting(open);
+                        self.dispatch(stream, None);
+                    }
+                    _ => {
+                        s.up = Upstream::Detached;
+                        let e = ProxyError::Unsent(detail);
+                        let grpc = s.x.grpc;
+                        self.fail(stream, grpc, &e);
+                    }
                 }
             }
             ToDown::Picked { stream, result } => {

@@ -13,6 +13,10 @@ use std::{
     collections::VecDeque,
     future::poll_fn,
     net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -21,14 +25,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::{net::TcpStream, sync::mpsc};
 
 use super::{
-    CREDIT_BATCH, ConnError, DownTx, Field, IdMap, Open, STREAM_WINDOW, StreamKey, ToDown, ToUp, UpTx,
+    CREDIT_BATCH, ConnError, DownTx, Field, IdMap, Open, STREAM_WINDOW, StreamKey, ToDown, ToUp, UpHandle,
     frame::{self, code, flag, kind},
     is_connection_specific,
     wire::{self, Wire},
 };
-
-/// Requests larger than this are not kept for a replay.
-const REPLAY_LIMIT: usize = 64 << 10;
 
 /// A request's part waiting for flow-control window.
 #[derive(Debug)]
@@ -51,9 +52,6 @@ struct Stream {
     response_done: bool,
     /// Request bytes written to the endpoint, not yet reported back.
     credit: u32,
-    /// A copy of a small, complete request, kept until the endpoint answers,
-    /// in case it refuses the stream.
-    replay: Option<Box<Open>>,
 }
 
 /// A queued request (no stream yet).
@@ -73,6 +71,7 @@ struct Up {
     /// The endpoint said it goes away; streams above this id were not processed.
     goaway: Option<u32>,
     max_header_bytes: u32,
+    going_away: Arc<AtomicBool>,
     /// Streams with data waiting for window.
     blocked: Vec<u32>,
     scratch: Vec<Field>,
@@ -85,7 +84,7 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     max_header_bytes: u32,
-) -> Result<(UpTx, tokio::sync::oneshot::Receiver<()>), String> {
+) -> Result<(UpHandle, tokio::sync::oneshot::Receiver<()>), String> {
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Err(_) => return Err(format!("connect timed out after {timeout:?}")),
         Ok(Err(e)) => return Err(format!("connect failed: {e}")),
@@ -105,6 +104,7 @@ pub async fn connect(
         next_id: 1,
         goaway: None,
         max_header_bytes,
+        going_away: Arc::new(AtomicBool::new(false)),
         blocked: Vec::new(),
         scratch: Vec::new(),
     };
@@ -116,6 +116,10 @@ pub async fn connect(
         Ok(Err(e)) => return Err(format!("HTTP/2 handshake failed: {}", e.reason)),
         Ok(Ok(())) => {}
     }
+    let handle = UpHandle {
+        tx,
+        going_away: up.going_away.clone(),
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let result = poll_fn(|cx| up.poll_run(cx)).await;
@@ -130,7 +134,7 @@ pub async fn connect(
         );
         let _ = done_tx.send(());
     });
-    Ok((tx, done_rx))
+    Ok((handle, done_rx))
 }
 
 impl Up {
@@ -224,7 +228,7 @@ impl Up {
         match msg {
             ToUp::Open(open) => {
                 if self.goaway.is_some() || self.next_id > 0x7fff_fffe {
-                    self.bounce(open, "the endpoint connection is going away");
+                    self.bounce(&open.reply, open.key.stream, "the endpoint connection is going away");
                 } else {
                     self.queue.push_back(Queued { open });
                     self.open_queued();
@@ -293,17 +297,6 @@ impl Up {
             }
             let id = self.next_id;
             self.next_id += 2;
-            let replay_size: usize = open.body.iter().map(Bytes::len).sum();
-            let replay = (open.end && replay_size <= REPLAY_LIMIT).then(|| {
-                Box::new(Open {
-                    key: open.key,
-                    reply: open.reply.clone(),
-                    head: open.head.clone(),
-                    body: open.body.clone(),
-                    trailers: open.trailers.clone(),
-                    end: true,
-                })
-            });
             let Open {
                 key,
                 reply,
@@ -349,7 +342,6 @@ impl Up {
                     head_seen: false,
                     response_done: false,
                     credit: 0,
-                    replay,
                 },
             );
             self.by_key.insert(key, id);
@@ -460,11 +452,9 @@ impl Up {
                 let code = wire::rst_code(&payload)?;
                 if let Some(s) = self.streams.remove(&head.stream) {
                     self.by_key.remove(&s.key);
-                    if code == code::REFUSED_STREAM
-                        && !s.head_seen
-                        && let Some(open) = s.replay
-                    {
-                        self.bounce(open, "the endpoint refused the stream");
+                    if code == code::REFUSED_STREAM && !s.head_seen {
+                        // Refused streams were not processed (RFC 9113 §8.7).
+                        self.bounce(&s.reply, s.key.stream, "the endpoint refused the stream");
                         self.open_queued();
                         return Ok(());
                     }
@@ -495,26 +485,19 @@ impl Up {
                 }
                 let last = u32::from_be_bytes([payload[0] & 0x7f, payload[1], payload[2], payload[3]]);
                 self.goaway = Some(last);
+                // The endpoint stops sending new requests here at once.
+                self.going_away.store(true, Ordering::Relaxed);
                 // Streams above `last` were never processed: send them again elsewhere.
                 let above: Vec<u32> = self.streams.keys().copied().filter(|id| *id > last).collect();
                 for id in above {
                     if let Some(s) = self.streams.remove(&id) {
                         self.by_key.remove(&s.key);
-                        match s.replay {
-                            Some(open) if !s.head_seen => self.bounce(open, "the endpoint is going away"),
-                            _ => {
-                                let detail = format!("endpoint {} went away before answering", self.addr);
-                                let _ = s.reply.send(ToDown::Reset {
-                                    stream: s.key.stream,
-                                    code: code::REFUSED_STREAM,
-                                    detail,
-                                });
-                            }
-                        }
+                        // Above the GOAWAY's last stream: not processed.
+                        self.bounce(&s.reply, s.key.stream, "the endpoint is going away");
                     }
                 }
                 while let Some(q) = self.queue.pop_front() {
-                    self.bounce(q.open, "the endpoint is going away");
+                    self.bounce(&q.open.reply, q.open.key.stream, "the endpoint is going away");
                 }
                 Ok(())
             }
@@ -576,7 +559,6 @@ impl Up {
                 }
             }
             s.head_seen = true;
-            s.replay = None;
             s.response_done = block.end_stream;
             let credit = std::mem::take(&mut s.credit);
             let fields = std::mem::take(&mut fields);
@@ -654,39 +636,28 @@ impl Up {
         }
     }
 
-    /// Sends a request that was never processed back to its client connection.
-    fn bounce(&mut self, open: Box<Open>, detail: &str) {
-        let reply = open.reply.clone();
+    /// Tells a client connection that its request was never processed.
+    fn bounce(&self, reply: &DownTx, stream: u32, detail: &str) {
         let _ = reply.send(ToDown::Bounce {
-            open,
+            stream,
             detail: format!("{detail} ({})", self.addr),
         });
     }
 
-    /// The connection ended: every stream and queued request is answered.
+    /// The connection ended. Queued requests were never sent: they go back.
+    /// Streams already sent may have been processed: they fail.
     fn close(&mut self, why: String) {
         for (_, s) in self.streams.drain() {
-            match s.replay {
-                Some(open) if !s.head_seen => {
-                    let _ = s.reply.send(ToDown::Bounce {
-                        open,
-                        detail: why.clone(),
-                    });
-                }
-                _ => {
-                    let detail = format!("endpoint {}: {why}", self.addr);
-                    let _ = s.reply.send(ToDown::Reset {
-                        stream: s.key.stream,
-                        code: code::CANCEL,
-                        detail,
-                    });
-                }
-            }
+            let detail = format!("endpoint {}: {why}", self.addr);
+            let _ = s.reply.send(ToDown::Reset {
+                stream: s.key.stream,
+                code: code::CANCEL,
+                detail,
+            });
         }
         while let Some(q) = self.queue.pop_front() {
-            let reply = q.open.reply.clone();
-            let _ = reply.send(ToDown::Bounce {
-                open: q.open,
+            let _ = q.open.reply.send(ToDown::Bounce {
+                stream: q.open.key.stream,
                 detail: why.clone(),
             });
         }

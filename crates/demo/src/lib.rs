@@ -22,3 +22,17 @@ pub fn hostname() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// Accepted connections with TCP_NODELAY set. (tonic sets it only on
+/// listeners it binds itself; with Nagle on, a response written in two
+/// pieces waits for the peer's delayed ACK: 40 ms.)
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures_util::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}

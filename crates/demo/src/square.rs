@@ -13,7 +13,6 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use weft_api::square::{
     Behavior, Input, Output, Stats, StatsRequest,
@@ -235,7 +234,7 @@ pub async fn serve(
             )
             .max_decoding_message_size(crate::interop::MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::incoming(listener), shutdown)
         .await
 }
 

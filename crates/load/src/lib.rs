@@ -93,13 +93,23 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
                 }
             });
             let mut tasks = tokio::task::JoinSet::new();
+            // WEFT_LOAD_SLOW_MS=n: print each call slower than n ms (for
+            // finding where a tail comes from).
+            let slow_log = std::env::var("WEFT_LOAD_SLOW_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis);
             while let Some((i, intended)) = ticks.recv().await {
                 let mut sender = conns[(i as usize) % conns.len()].clone();
                 let (call, recorder) = (call.clone(), recorder.clone());
                 tasks.spawn(async move {
                     let result = call.send(&mut sender).await;
                     if intended >= measure_from {
-                        report::lock(&recorder).record(intended.elapsed(), result);
+                        let took = intended.elapsed();
+                        if slow_log.is_some_and(|t| took >= t) {
+                            eprintln!("slow call: {took:?}, intended at +{:?}, {result:?}", intended - started);
+                        }
+                        report::lock(&recorder).record(took, result);
                     }
                 });
                 // Reap finished calls now and then so the set stays small.

@@ -933,6 +933,14 @@ impl Down {
     // ===== deadlines =====
 
     fn arm(&mut self, at: Instant, id: u32) {
+        // Entries of finished streams stay until they expire; when they
+        // outnumber the live streams, drop them (a 10 s grpc-timeout at
+        // thousands of calls a second would otherwise hold tens of
+        // thousands of them).
+        if self.deadlines.len() > 2 * self.streams.len() + 64 {
+            let streams = &self.streams;
+            self.deadlines.retain(|Reverse((_, id))| streams.contains_key(id));
+        }
         self.deadlines.push(Reverse((at, id)));
         let earliest = self.deadlines.peek().map(|Reverse((t, _))| *t).unwrap_or(at);
         match self.timer.as_mut() {

@@ -358,7 +358,7 @@ impl Up {
             match out {
                 Out::Trailers(_) => {
                     let Some(Out::Trailers(fields)) = s.out.pop_front() else {
-                        unreachable!()
+                        break;
                     };
                     let mut block = self.wire.wbuf_block();
                     self.wire
@@ -413,11 +413,9 @@ impl Up {
 
     /// Removes a stream both sides have finished.
     fn maybe_finish(&mut self, id: u32) {
-        if let Some(s) = self.streams.get(&id)
-            && s.request_done
-            && s.response_done
+        if self.streams.get(&id).is_some_and(|s| s.request_done && s.response_done)
+            && let Some(s) = self.streams.remove(&id)
         {
-            let s = self.streams.remove(&id).expect("present");
             self.by_key.remove(&s.key);
             self.open_queued();
         }
@@ -520,18 +518,11 @@ impl Up {
             return Ok(()); // a stream we already reset: its headers are still decoded above
         };
         if size > self.max_header_bytes as usize {
-            frame::put_rst(&mut self.wire.wbuf, id, code::PROTOCOL_ERROR);
-            let s = self.streams.remove(&id).expect("present");
-            self.by_key.remove(&s.key);
             let detail = format!(
                 "endpoint {} sent a {size}-byte header list (limit {})",
                 self.addr, self.max_header_bytes
             );
-            let _ = s.reply.send(ToDown::Reset {
-                stream: s.key.stream,
-                code: code::INTERNAL_ERROR,
-                detail,
-            });
+            self.reject(id, code::INTERNAL_ERROR, detail);
             self.scratch = fields;
             return Ok(());
         }
@@ -545,15 +536,8 @@ impl Up {
                 }
                 Some(_) => {}
                 None => {
-                    frame::put_rst(&mut self.wire.wbuf, id, code::PROTOCOL_ERROR);
-                    let s = self.streams.remove(&id).expect("present");
-                    self.by_key.remove(&s.key);
                     let detail = format!("endpoint {} sent a response without :status", self.addr);
-                    let _ = s.reply.send(ToDown::Reset {
-                        stream: s.key.stream,
-                        code: code::PROTOCOL_ERROR,
-                        detail,
-                    });
+                    self.reject(id, code::PROTOCOL_ERROR, detail);
                     self.scratch = fields;
                     return Ok(());
                 }
@@ -633,6 +617,21 @@ impl Up {
         let blocked = std::mem::take(&mut self.blocked);
         for id in blocked {
             self.write_stream(id);
+        }
+    }
+
+    /// Ends a stream whose response is malformed: resets it on the endpoint
+    /// and fails it on the client side.
+    fn reject(&mut self, id: u32, client_code: u32, detail: String) {
+        frame::put_rst(&mut self.wire.wbuf, id, code::PROTOCOL_ERROR);
+        if let Some(s) = self.streams.remove(&id) {
+            self.by_key.remove(&s.key);
+            let _ = s.reply.send(ToDown::Reset {
+                stream: s.key.stream,
+                code: client_code,
+                detail,
+            });
+            self.open_queued();
         }
     }
 

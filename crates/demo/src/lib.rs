@@ -32,7 +32,8 @@ pub fn incoming(
     use futures_util::StreamExt;
     tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
         let conn = conn?;
-        conn.set_nodelay(true)?;
+        // A socket that cannot take the option still works, only slower.
+        let _ = conn.set_nodelay(true);
         Ok(conn)
     })
 }

@@ -39,11 +39,6 @@ impl Signal {
         let _ = self.tx.send(true);
         tokio::time::timeout(deadline, self.done.recv()).await.is_ok()
     }
-
-    /// Whether a drain has started.
-    pub fn is_draining(&self) -> bool {
-        *self.tx.borrow()
-    }
 }
 
 impl Watch {
@@ -53,11 +48,6 @@ impl Watch {
         // An error means the signal was dropped without draining: treat it
         // as a drain too, so nothing waits forever.
         let _ = rx.wait_for(|draining| *draining).await;
-    }
-
-    /// Whether a drain has started.
-    pub fn is_draining(&self) -> bool {
-        *self.rx.borrow()
     }
 }
 

@@ -5,22 +5,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
-use crate::discovery::Authority;
+pub(crate) use weft_splice::grpc::code;
 
-/// gRPC status codes the proxy produces itself.
-pub mod code {
-    pub const CANCELLED: u16 = 1;
-    pub const UNKNOWN: u16 = 2;
-    pub const INVALID_ARGUMENT: u16 = 3;
-    pub const DEADLINE_EXCEEDED: u16 = 4;
-    pub const RESOURCE_EXHAUSTED: u16 = 8;
-    pub const INTERNAL: u16 = 13;
-    pub const UNAVAILABLE: u16 = 14;
-}
+use crate::core::Authority;
 
 /// Why a request could not be proxied.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("the request names no usable target: {0}")]
     NoTarget(String),
     #[error("no service named {0} is known to discovery")]
@@ -55,7 +46,7 @@ pub enum ProxyError {
 
 /// Whose fault a failure is, for logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     Downstream,
     Upstream,
     Discovery,
@@ -143,7 +134,7 @@ impl ProxyError {
 }
 
 /// The HTTP/2 reset reason somewhere in an error's cause chain.
-pub fn find_h2_reason(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
+pub(crate) fn find_h2_reason(err: &(dyn std::error::Error + 'static)) -> Option<h2::Reason> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
@@ -155,7 +146,7 @@ pub fn find_h2_reason(err: &(dyn std::error::Error + 'static)) -> Option<h2::Rea
 }
 
 /// An error and its causes on one line.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut s = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {
@@ -169,28 +160,9 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// Percent-encodes a `grpc-message` value as the gRPC spec requires.
-pub fn encode_grpc_message(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    for b in msg.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_message_is_percent_encoded() {
-        assert_eq!(encode_grpc_message("plain text"), "plain text");
-        assert_eq!(encode_grpc_message("100% ✓\n"), "100%25 %E2%9C%93%0A");
-    }
 
     #[test]
     fn classification() {

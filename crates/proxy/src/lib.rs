@@ -1,240 +1,42 @@
 //! weft-proxy: a transparent sidecar that balances every HTTP/2, gRPC and
 //! HTTP/1.1 request across a service's endpoints.
 //!
-//! The parts, each in its own module and composed only here:
-//! [`config`] → [`server`] (accept, [`detect`], serve) → [`http`] (per
-//! request) → [`router`] → [`balancer`] → [`endpoint`] (connections), with
-//! [`discovery`] feeding balancers, [`metrics`] and [`admin`] on the side,
-//! and [`drain`] for shutdown. See ARCHITECTURE.md.
+//! A request's way through, top to bottom (each layer imports only the
+//! layers below it; ARCHITECTURE.md draws the map):
+//!
+//! ```text
+//!  app          wires the parts, binds listeners, drains on shutdown
+//!  server       accept → where it goes (inbound | outbound) → what it speaks (transport) → engine
+//!  transport    original destination, protocol detection, replayed prefix (later: TLS)
+//!  inbound, outbound   who the connection's target is, decided once
+//!  http         the request path, the same for both HTTP engines:
+//!               open (route, [authorize]) → pick → send → responded/finish
+//!               serve_splice (HTTP/2: the weft-splice engine) | serve_hyper (HTTP/1.1, --h2-engine hyper)
+//!  tcp          opaque forwarding, balanced per connection
+//!  route        destination → balancer, created on first use, evicted when idle
+//!  balance      endpoint set from discovery; P2C over peak-EWMA load
+//!  endpoint     connections to one endpoint (HTTP/2, HTTP/1.1 pool, TCP)
+//!  discovery    where endpoints come from (the mesh file; later the control plane)
+//!  telemetry    metrics and the admin server
+//!  core, error, config, drain   vocabulary, failures, flags, shutdown
+//! ```
 
-pub mod admin;
-pub mod balancer;
+mod app;
+mod balance;
 pub mod config;
-pub mod detect;
-pub mod discovery;
-pub mod drain;
-pub mod endpoint;
-pub mod error;
-pub mod ewma;
-pub mod http;
-pub mod io;
-pub mod metrics;
-pub mod orig_dst;
-pub mod router;
-pub mod server;
-pub mod splice;
-pub mod tcp;
+mod core;
+mod discovery;
+mod drain;
+mod endpoint;
+mod error;
+mod http;
+mod inbound;
+mod outbound;
+mod route;
+mod server;
+mod tcp;
+mod telemetry;
+mod transport;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
-};
-
-use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
-
+pub use app::{BindError, Listeners, Proxy};
 pub use config::Config;
-
-/// Which way traffic flows through the proxy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// From the local app to other services.
-    Outbound,
-    /// From other proxies and clients to the local app.
-    Inbound,
-}
-
-impl Direction {
-    pub fn label(self) -> &'static str {
-        match self {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        }
-    }
-}
-
-/// The proxy's bound listeners.
-#[derive(Debug)]
-pub struct Listeners {
-    pub outbound: Option<TcpListener>,
-    pub inbound: Option<TcpListener>,
-    pub admin: Option<TcpListener>,
-}
-
-/// A listener that could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} for {role}: {source}")]
-pub struct BindError {
-    pub role: &'static str,
-    pub addr: SocketAddr,
-    pub source: std::io::Error,
-}
-
-impl Listeners {
-    /// Binds every listener the configuration enables.
-    pub async fn bind(config: &Config) -> Result<Self, BindError> {
-        async fn bind(role: &'static str, addr: Option<SocketAddr>) -> Result<Option<TcpListener>, BindError> {
-            match addr {
-                None => Ok(None),
-                Some(addr) => {
-                    TcpListener::bind(addr)
-                        .await
-                        .map(Some)
-                        .map_err(|source| BindError { role, addr, source })
-                }
-            }
-        }
-        Ok(Listeners {
-            outbound: bind("outbound", config.outbound_listen.addr()).await?,
-            inbound: bind("inbound", config.inbound_listen.addr()).await?,
-            admin: bind("admin", config.admin_listen.addr()).await?,
-        })
-    }
-}
-
-/// A running proxy.
-#[derive(Debug)]
-pub struct Proxy {
-    pub outbound_addr: Option<SocketAddr>,
-    pub inbound_addr: Option<SocketAddr>,
-    pub admin_addr: Option<SocketAddr>,
-    shutdown: mpsc::UnboundedSender<()>,
-    draining: tokio::sync::watch::Receiver<bool>,
-    task: JoinHandle<bool>,
-}
-
-impl Proxy {
-    /// Starts the proxy on the current tokio runtime. The admin server runs
-    /// on `admin_runtime` when given (main gives it a thread of its own),
-    /// else beside the data path.
-    pub fn spawn(config: Config, listeners: Listeners, admin_runtime: Option<tokio::runtime::Handle>) -> Proxy {
-        let (metrics, mut registry) = metrics::Metrics::new();
-        let discovery: Arc<dyn discovery::Discover> = match &config.discovery_file {
-            Some(path) => {
-                let m = metrics.clone();
-                Arc::new(discovery::FileDiscovery::spawn(path.clone(), move |_| {
-                    m.discovery_errors.inc();
-                }))
-            }
-            None => Arc::new(discovery::NoDiscovery),
-        };
-        let balance = balancer::BalanceParams {
-            algorithm: config.balancer,
-            default_rtt: config.ewma_default_rtt,
-            decay: config.ewma_decay,
-        };
-        let client = Arc::new(endpoint::ClientParams {
-            connect_timeout: config.connect_timeout,
-            max_header_bytes: config.max_header_bytes,
-            metrics: metrics.clone(),
-            engine: config.h2_engine,
-        });
-        let outbound = router::Router::new(discovery, balance.clone(), client.clone(), config.balancer_idle_timeout);
-        // Inbound always forwards to the local app; discovery plays no part.
-        let inbound = router::Router::new(
-            Arc::new(discovery::NoDiscovery),
-            balance,
-            client,
-            config.balancer_idle_timeout,
-        );
-        registry.register_collector(Box::new(admin::BalancerCollector {
-            routers: vec![
-                (Direction::Outbound, Arc::downgrade(&outbound)),
-                (Direction::Inbound, Arc::downgrade(&inbound)),
-            ],
-        }));
-
-        let (drain_signal, drain_watch) = drain::channel();
-        let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
-        let ready = Arc::new(AtomicBool::new(true));
-        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-        let (outbound_addr, inbound_addr, admin_addr) = (
-            addr(&listeners.outbound),
-            addr(&listeners.inbound),
-            addr(&listeners.admin),
-        );
-
-        if let Some(l) = listeners.outbound {
-            let ctx = Arc::new(server::ServerCtx::new(
-                Direction::Outbound,
-                outbound.clone(),
-                metrics.clone(),
-                &config,
-            ));
-            tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
-        }
-        if let Some(l) = listeners.inbound {
-            let ctx = Arc::new(server::ServerCtx::new(
-                Direction::Inbound,
-                inbound.clone(),
-                metrics.clone(),
-                &config,
-            ));
-            tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
-        }
-        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        if let Some(l) = listeners.admin {
-            let state = Arc::new(admin::AdminState {
-                registry,
-                config_json: serde_json::to_string_pretty(&config.to_json()).unwrap_or_default() + "\n",
-                routers: vec![
-                    (Direction::Outbound, outbound.clone()),
-                    (Direction::Inbound, inbound.clone()),
-                ],
-                ready: ready.clone(),
-                shutdown: shutdown_tx.clone(),
-            });
-            let fut = admin::serve(l, state, async move {
-                let _ = admin_stop_rx.await;
-            });
-            match admin_runtime {
-                Some(rt) => drop(rt.spawn(fut)),
-                None => drop(tokio::spawn(fut)),
-            }
-        }
-        drop(drain_watch);
-
-        let grace = config.shutdown_grace;
-        let (draining_tx, draining) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            let _ = shutdown_rx.recv().await;
-            let _ = draining_tx.send(true);
-            tracing::info!(grace = ?grace, "draining: no new connections; in-flight requests may finish");
-            ready.store(false, std::sync::atomic::Ordering::Relaxed);
-            let clean = drain_signal.drain(grace).await;
-            if clean {
-                tracing::info!("drained");
-            } else {
-                tracing::warn!("shutdown grace period passed with connections still open; closing them");
-            }
-            let _ = admin_stop_tx.send(());
-            // Keep the routers (and their connections) alive until the end.
-            drop((outbound, inbound));
-            clean
-        });
-        Proxy {
-            outbound_addr,
-            inbound_addr,
-            admin_addr,
-            shutdown: shutdown_tx,
-            draining,
-            task,
-        }
-    }
-
-    /// Starts a drain (as SIGTERM does).
-    pub fn shutdown(&self) {
-        let _ = self.shutdown.send(());
-    }
-
-    /// Completes once a drain has started (by [`Proxy::shutdown`] or admin `/shutdown`).
-    pub async fn closed(&self) {
-        let mut rx = self.draining.clone();
-        let _ = rx.wait_for(|d| *d).await;
-    }
-
-    /// Waits for the drain to finish; `true` when everything finished within
-    /// the grace period.
-    pub async fn wait(self) -> bool {
-        self.task.await.unwrap_or(false)
-    }
-}

@@ -1,96 +1,93 @@
-//! Listeners: accept connections, detect their protocol, and serve them as
-//! HTTP/2, HTTP/1.1 or opaque TCP, each under the drain watch.
+//! Listeners: accept connections, learn where each goes (its side:
+//! [`crate::inbound`] or [`crate::outbound`]) and what it speaks
+//! ([`crate::transport`]), and hand it to its engine: splice for HTTP/2,
+//! hyper for HTTP/1.1 (and HTTP/2 with `--h2-engine hyper`), or opaque TCP
+//! forwarding. Every connection runs under the drain watch.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::BytesMut;
-use hyper::{
-    server::conn::{http1, http2},
-    service::service_fn,
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use weft_splice::down::Limits;
 
 use crate::{
-    Direction,
-    config::{Config, PortSet},
-    detect::{self, Detected},
+    config::{Config, H2Engine},
+    core::{ConnMeta, Dest, Direction, Proto, Target},
     drain,
-    endpoint::Proto,
-    error::chain,
-    http::{ConnCache, ConnMeta, HttpProxy},
-    io::PrefixedIo,
-    metrics::{DetectLabels, DirLabels, Metrics},
-    orig_dst::original_dst,
-    router::Router,
+    http::{
+        RequestPath,
+        serve_hyper::{self, HyperServer},
+        serve_splice,
+    },
+    inbound::Inbound,
+    outbound::Outbound,
+    route::Router,
+    tcp,
+    telemetry::metrics::{DetectLabels, Metrics},
+    transport::{self, DetectParams, PrefixedIo},
 };
 
+/// The side a listener serves, and how it finds where connections go.
+pub(crate) enum Side {
+    Inbound(Inbound),
+    Outbound(Outbound),
+}
+
+impl Side {
+    fn direction(&self) -> Direction {
+        match self {
+            Side::Inbound(_) => Direction::Inbound,
+            Side::Outbound(_) => Direction::Outbound,
+        }
+    }
+
+    fn target(&self, orig_dst: Option<SocketAddr>) -> Target {
+        match self {
+            Side::Inbound(i) => i.target(orig_dst),
+            Side::Outbound(o) => o.target(orig_dst),
+        }
+    }
+}
+
 /// What one listener needs to serve its connections.
-pub struct ServerCtx {
-    pub direction: Direction,
-    pub router: Arc<Router>,
-    pub http: HttpProxy,
-    pub metrics: Arc<Metrics>,
-    pub detect_timeout: Duration,
-    pub opaque_ports: PortSet,
-    pub fail_fast: Duration,
-    /// Inbound in explicit mode: the app's address.
-    pub app: Option<SocketAddr>,
-    h2: http2::Builder<TokioExecutor>,
-    h1: http1::Builder,
-    /// HTTP/2 through the splice engine (`None`: through hyper).
-    splice: Option<Arc<crate::splice::down::DownCtx>>,
+pub(crate) struct ServerCtx {
+    side: Side,
+    router: Arc<Router>,
+    path: Arc<RequestPath>,
+    metrics: Arc<Metrics>,
+    detect: DetectParams,
+    fail_fast: Duration,
+    hyper: HyperServer,
+    /// HTTP/2 through the splice engine, within these limits (`None`: through hyper).
+    splice: Option<Limits>,
 }
 
 impl ServerCtx {
-    pub fn new(direction: Direction, router: Arc<Router>, metrics: Arc<Metrics>, config: &Config) -> Self {
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .max_header_list_size(config.max_header_bytes)
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .max_pending_accept_reset_streams(Some(200))
-            .max_local_error_reset_streams(Some(1024))
-            // A proxy passes the upstream's Date (if any); it adds none.
-            .auto_date_header(false);
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .max_buf_size((config.max_header_bytes as usize).max(8192))
-            .keep_alive(true)
-            .auto_date_header(false);
-        let splice = (config.h2_engine == crate::config::H2Engine::Splice).then(|| {
-            Arc::new(crate::splice::down::DownCtx {
-                http: HttpProxy::new(router.clone(), metrics.clone(), config.fail_fast_timeout),
-                max_concurrent_streams: config.max_concurrent_streams,
-                max_header_bytes: config.max_header_bytes,
-            })
-        });
+    pub(crate) fn new(side: Side, router: Arc<Router>, metrics: Arc<Metrics>, config: &Config) -> Self {
         ServerCtx {
-            direction,
-            http: HttpProxy::new(router.clone(), metrics.clone(), config.fail_fast_timeout),
+            side,
+            path: Arc::new(RequestPath::new(
+                router.clone(),
+                metrics.clone(),
+                config.fail_fast_timeout,
+            )),
             router,
             metrics,
-            detect_timeout: config.detect_timeout,
-            opaque_ports: config.opaque_ports.clone(),
-            fail_fast: config.fail_fast_timeout,
-            app: if direction == Direction::Inbound {
-                config.inbound_forward
-            } else {
-                None
+            detect: DetectParams {
+                timeout: config.detect_timeout,
+                opaque_ports: config.opaque_ports.clone(),
             },
-            h2,
-            h1,
-            splice,
+            fail_fast: config.fail_fast_timeout,
+            hyper: HyperServer::new(config.max_concurrent_streams, config.max_header_bytes),
+            splice: (config.h2_engine == H2Engine::Splice).then_some(Limits {
+                max_concurrent_streams: config.max_concurrent_streams,
+                max_header_bytes: config.max_header_bytes,
+            }),
         }
     }
 }
 
 /// Accepts connections until the drain starts.
-pub async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: drain::Watch) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: drain::Watch) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -103,7 +100,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: drain::Wat
             Err(e) => {
                 // Out of file descriptors, or a connection reset before accept:
                 // keep the listener, pause briefly so we don't spin.
-                tracing::warn!(error = %e, direction = ctx.direction.label(), "accept failed");
+                tracing::warn!(error = %e, direction = ctx.side.direction().label(), "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -111,131 +108,57 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: drain::Wat
 }
 
 async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCtx>, drain: drain::Watch) {
-    let direction = ctx.direction.label();
-    let dir = DirLabels { direction };
-    ctx.metrics.tcp_open.get_or_create(&dir).inc();
-    ctx.metrics.tcp_active.get_or_create(&dir).inc();
+    let direction = ctx.side.direction();
+    let _open = ctx.metrics.tcp_accepted(direction.label());
     let _ = stream.set_nodelay(true);
 
-    let orig_dst = original_dst(&stream);
-    let app = match (ctx.app, orig_dst) {
-        (Some(app), _) => Some(app),
-        // Transparent inbound: the app listens on localhost at the port the
-        // client dialled.
-        (None, Some(dst)) if ctx.direction == Direction::Inbound => {
-            Some(SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), dst.port()))
-        }
-        _ => None,
+    let orig_dst = transport::original_dst(&stream);
+    let target = ctx.side.target(orig_dst);
+    // Ports marked opaque are judged by where the connection goes.
+    let port = match &target {
+        Target::Fixed(Dest::Addr(addr)) => Some(addr.port()),
+        _ => orig_dst.map(|a| a.port()),
     };
-    let port = app.or(orig_dst).map(|a| a.port());
-    let mut buf = BytesMut::new();
-    let detected = if port.is_some_and(|p| ctx.opaque_ports.contains(p)) {
-        Ok(None)
-    } else {
-        detect::detect(&mut stream, &mut buf, ctx.detect_timeout)
-            .await
-            .map(Some)
-    };
-    let outcome = match &detected {
-        Ok(None) => "opaque_port",
-        Ok(Some(d)) => d.label(),
-        Err(_) => "error",
-    };
+    let detection = transport::detect_protocol(&mut stream, port, &ctx.detect).await;
     ctx.metrics
         .detect
-        .get_or_create(&DetectLabels { direction, outcome })
+        .get_or_create(&DetectLabels {
+            direction: direction.label(),
+            outcome: detection.outcome,
+        })
         .inc();
-    let proto = match detected {
-        Ok(Some(Detected::Http2)) => Proto::Http2,
-        Ok(Some(Detected::Http1)) => Proto::Http1,
-        Ok(None | Some(Detected::Opaque(_))) => Proto::Opaque,
-        Ok(Some(Detected::Closed(_))) | Err(_) => {
-            if let Err(e) = detected {
-                tracing::debug!(%peer, error = %e, "read failed during protocol detection");
-            }
-            ctx.metrics.connection_error(direction, outcome);
-            ctx.metrics.tcp_close.get_or_create(&dir).inc();
-            ctx.metrics.tcp_active.get_or_create(&dir).dec();
-            return;
-        }
+    let Some(proto) = detection.proto else {
+        tracing::debug!(%peer, outcome = detection.outcome, "connection closed during protocol detection");
+        ctx.metrics.connection_error(direction.label(), detection.outcome);
+        return;
     };
     let meta = ConnMeta {
-        direction: ctx.direction,
+        direction,
         peer,
-        orig_dst,
-        app,
+        target,
         proto,
     };
-    if let (Proto::Http2, Some(splice)) = (proto, &ctx.splice) {
-        crate::splice::down::serve(stream, buf, meta, splice.clone(), drain).await;
-        ctx.metrics.tcp_close.get_or_create(&dir).inc();
-        ctx.metrics.tcp_active.get_or_create(&dir).dec();
-        return;
-    }
-    let io = PrefixedIo::new(buf, stream);
-    match proto {
-        Proto::Http2 | Proto::Http1 => serve_http(io, meta, &ctx, &drain).await,
+    match (proto, ctx.splice) {
+        (Proto::Http2, Some(limits)) => {
+            serve_splice::serve(
+                stream,
+                detection.prefix,
+                meta,
+                ctx.path.clone(),
+                limits,
+                drain.signaled(),
+            )
+            .await;
+        }
+        (Proto::Http2 | Proto::Http1, _) => {
+            let io = PrefixedIo::new(detection.prefix, stream);
+            serve_hyper::serve(io, meta, &ctx.path, &ctx.hyper, drain.signaled()).await;
+        }
         // Opaque connections cannot be drained politely: they get the
         // shutdown grace period, then close with the process.
-        Proto::Opaque => crate::tcp::forward(io, &meta, &ctx.router, &ctx.metrics, ctx.fail_fast).await,
-    }
-    ctx.metrics.tcp_close.get_or_create(&dir).inc();
-    ctx.metrics.tcp_active.get_or_create(&dir).dec();
-}
-
-async fn serve_http(io: PrefixedIo<TcpStream>, meta: ConnMeta, ctx: &Arc<ServerCtx>, drain: &drain::Watch) {
-    let direction = ctx.direction.label();
-    let svc_ctx = ctx.clone();
-    let svc_meta = Arc::new((meta.clone(), ConnCache::default()));
-    let service = service_fn(move |req| {
-        let ctx = svc_ctx.clone();
-        let meta = svc_meta.clone();
-        // Boxed: hyper moves each stream's future into a task of its own;
-        // a pointer moves cheaply where the whole state machine would not.
-        Box::pin(async move { Ok::<_, Infallible>(ctx.http.handle(req, &meta.0, &meta.1).await) })
-    });
-    let io = TokioIo::new(io);
-    let result = if meta.proto == Proto::Http2 {
-        let conn = ctx.h2.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = drain.signaled() => {
-                // GOAWAY: no new streams; the ones in flight finish.
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+        (Proto::Opaque, _) => {
+            let io = PrefixedIo::new(detection.prefix, stream);
+            tcp::forward(io, &meta, &ctx.router, &ctx.metrics, ctx.fail_fast).await;
         }
-    } else {
-        let conn = ctx.h1.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    };
-    if let Err(e) = result {
-        let reason = classify_conn_error(&e);
-        tracing::debug!(peer = %meta.peer, error = %chain(&e), reason, "HTTP connection ended with an error");
-        ctx.metrics.connection_error(direction, reason);
-    }
-}
-
-fn classify_conn_error(e: &hyper::Error) -> &'static str {
-    if e.is_parse_too_large() {
-        "http_headers_too_large"
-    } else if e.is_parse() {
-        "http_parse"
-    } else if e.is_timeout() {
-        "http_timeout"
-    } else if e.is_incomplete_message() {
-        "http_incomplete"
-    } else if crate::error::find_h2_reason(e).is_some() {
-        "http2_protocol"
-    } else {
-        "http_io"
     }
 }

@@ -1,47 +1,33 @@
 //! Opaque TCP: bytes forwarded unchanged in both directions, each side's
-//! half-close passed on, until both sides are done.
+//! half-close passed on, until both sides are done. The connection is
+//! balanced once, over its destination's endpoints.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
     time::Instant,
 };
 
 use crate::{
-    endpoint::Proto,
-    error::ProxyError,
-    http::ConnMeta,
-    metrics::{Metrics, TcpLabels},
-    router::{Dest, Router},
+    core::{ConnMeta, Proto, Target},
+    route::Router,
+    telemetry::metrics::{Metrics, TcpLabels},
 };
 
 /// Forwards an opaque connection to its destination.
-pub async fn forward<C>(
-    mut client: C,
-    conn: &ConnMeta,
-    router: &Router,
-    metrics: &Metrics,
-    fail_fast: std::time::Duration,
-) where
+pub(crate) async fn forward<C>(mut client: C, conn: &ConnMeta, router: &Router, metrics: &Metrics, fail_fast: Duration)
+where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let direction = conn.direction.label();
-    let dest = match (conn.app, conn.orig_dst) {
-        (Some(app), _) => Dest::Addr(app),
-        (None, Some(dst)) => match router.discovery().service_at(dst) {
-            Some(svc) => Dest::Service(svc),
-            None => Dest::Addr(dst),
-        },
-        (None, None) => {
-            // Explicit mode: nothing but HTTP names its target.
-            tracing::debug!(peer = %conn.peer, "closing a non-HTTP connection that has no original destination");
-            metrics.connection_error(direction, "no_destination");
-            return;
-        }
+    let Target::Fixed(dest) = &conn.target else {
+        // Explicit mode: nothing but HTTP names its target.
+        tracing::debug!(peer = %conn.peer, "closing a non-HTTP connection that has no original destination");
+        metrics.connection_error(direction, "no_destination");
+        return;
     };
-    let balancer = router.balancer(&dest, Proto::Opaque);
+    let balancer = router.balancer(dest, Proto::Opaque);
     let in_flight = match balancer.pick(Instant::now() + fail_fast).await {
         Ok(e) => e,
         Err(e) => {
@@ -50,10 +36,9 @@ pub async fn forward<C>(
             return;
         }
     };
-    let mut upstream: TcpStream = match in_flight.endpoint.connect_opaque().await {
+    let mut upstream = match in_flight.endpoint().connect_opaque().await {
         Ok(s) => s,
         Err(e) => {
-            let e: ProxyError = e;
             tracing::info!(peer = %conn.peer, error = %e, "opaque connection failed");
             metrics.connection_error(direction, "connect_failed");
             return;

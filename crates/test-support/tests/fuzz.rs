@@ -11,7 +11,7 @@ use std::{
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_demo::square::{self, SquareOptions};
-use weft_proxy::splice::{
+use weft_splice::{
     frame::{self, kind},
     hpack::{Encoder, Field},
 };

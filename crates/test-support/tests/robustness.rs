@@ -334,7 +334,7 @@ async fn admin_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_beyond_the_advertised_limit_are_refused() {
-    use weft_proxy::splice::hpack::{Encoder, Field};
+    use weft_splice::hpack::{Encoder, Field};
     let (_r, proxy, _d) = mesh(&["--max-concurrent-streams", "2"]).await;
     let mut enc = Encoder::default();
     let mut bytes = PREFACE.to_vec();

@@ -11,7 +11,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
-use super::{
+use crate::{
     CONN_WINDOW, CREDIT_BATCH, ConnError, STREAM_WINDOW,
     frame::{self, Head, Settings, code, flag, kind},
     hpack::{Decoder, Encoder},

@@ -1,15 +1,22 @@
 //! A service's balancer: its endpoint set, kept current from discovery, and
 //! the choice of an endpoint for each request.
 //!
-//! Endpoints are matched by address across discovery updates, so an
-//! unchanged endpoint keeps its connection and its latency estimate; a
-//! removed one is retired (its in-flight requests finish); a new one starts
-//! connecting at once.
+//! - this file: the endpoint set (matched by address across discovery
+//!   updates, so an unchanged endpoint keeps its connection and its latency
+//!   estimate; a removed one is retired, its in-flight requests finish; a
+//!   new one starts connecting at once), and waiting for a ready endpoint;
+//! - [`p2c`]: the choice among ready endpoints;
+//! - [`load`]: what is weighed per endpoint, and the in-flight guard;
+//! - [`ewma`]: the latency estimator.
+
+pub(crate) mod ewma;
+pub(crate) mod load;
+mod p2c;
 
 use std::{
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -19,17 +26,22 @@ use tokio::{
     time::Instant,
 };
 
+pub(crate) use load::InFlight;
+use load::{Candidate, Load};
+use p2c::PickState;
+
 use crate::{
     config::Algorithm,
-    discovery::{Authority, EndpointMeta, Resolution},
-    endpoint::{ClientParams, Endpoint, EndpointView, InFlight, Proto},
+    core::{Authority, Proto, lock},
+    discovery::{EndpointMeta, Resolution},
+    endpoint::{ClientParams, Endpoint},
     error::ProxyError,
-    metrics::lock,
+    telemetry::{BalancerView, EndpointView},
 };
 
 /// Balancing settings.
 #[derive(Clone, Debug)]
-pub struct BalanceParams {
+pub(crate) struct BalanceParams {
     pub algorithm: Algorithm,
     pub default_rtt: Duration,
     pub decay: Duration,
@@ -44,17 +56,12 @@ enum Known {
 
 struct State {
     known: Known,
-    endpoints: Vec<Arc<Endpoint>>,
-    next_rr: usize,
-    /// When to look again for avoided endpoints due for a probe.
-    next_probe_scan: Instant,
+    candidates: Vec<Arc<Candidate>>,
+    picker: PickState,
 }
 
-/// How often the balancer looks for avoided endpoints due for a probe.
-const PROBE_SCAN: Duration = Duration::from_millis(5);
-
 /// Balances one target's requests of one protocol over its endpoints.
-pub struct Balancer {
+pub(crate) struct Balancer {
     pub target: Authority,
     pub label: Arc<str>,
     pub proto: Proto,
@@ -68,7 +75,7 @@ pub struct Balancer {
     alive: watch::Sender<()>,
     /// Set when the router evicted the balancer: cached references to it
     /// must be refreshed.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -78,16 +85,6 @@ impl std::fmt::Debug for Balancer {
             .field("proto", &self.proto)
             .finish()
     }
-}
-
-/// A snapshot of a balancer, for admin.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct BalancerView {
-    pub target: String,
-    pub protocol: &'static str,
-    pub algorithm: String,
-    pub discovery: String,
-    pub endpoints: Vec<EndpointView>,
 }
 
 impl Balancer {
@@ -101,21 +98,20 @@ impl Balancer {
             client,
             state: Mutex::new(State {
                 known: Known::Pending("waiting for discovery".into()),
-                endpoints: Vec::new(),
-                next_rr: 0,
-                next_probe_scan: epoch,
+                candidates: Vec::new(),
+                picker: PickState::new(epoch),
             }),
             changed: Arc::new(Notify::new()),
             epoch,
             last_used_ms: AtomicU64::new(0),
             alive: watch::channel(()).0,
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
     }
 
     /// A balancer over a fixed set of endpoints (the inbound app, or an
     /// original destination that discovery does not know).
-    pub fn fixed(
+    pub(crate) fn fixed(
         target: Authority,
         proto: Proto,
         endpoints: &[EndpointMeta],
@@ -128,7 +124,7 @@ impl Balancer {
     }
 
     /// A balancer that follows discovery's answers for its target.
-    pub fn discovered(
+    pub(crate) fn discovered(
         target: Authority,
         proto: Proto,
         mut resolution: watch::Receiver<Resolution>,
@@ -143,7 +139,7 @@ impl Balancer {
     }
 
     /// Applies a discovery answer.
-    pub fn apply(&self, res: Resolution) {
+    pub(crate) fn apply(&self, res: Resolution) {
         let mut st = lock(&self.state);
         match res {
             Resolution::Pending(reason) => {
@@ -154,8 +150,8 @@ impl Balancer {
                 }
             }
             Resolution::Unknown => {
-                for ep in st.endpoints.drain(..) {
-                    ep.retire();
+                for c in st.candidates.drain(..) {
+                    c.endpoint.retire();
                 }
                 st.known = Known::Unknown;
             }
@@ -164,36 +160,41 @@ impl Balancer {
                 // A new endpoint starts at the default RTT, or at the mean of
                 // the measured endpoints when that is lower: it is tried at
                 // once, and the in-flight factor keeps it from being flooded.
-                let measured: Vec<f64> = st.endpoints.iter().filter_map(|e| e.measured_estimate(now)).collect();
+                let measured: Vec<f64> = st
+                    .candidates
+                    .iter()
+                    .filter_map(|c| c.load.measured_estimate(now))
+                    .collect();
                 let initial = if measured.is_empty() {
                     self.params.default_rtt
                 } else {
                     let mean = measured.iter().sum::<f64>() / measured.len() as f64;
                     Duration::from_nanos(mean as u64).min(self.params.default_rtt)
                 };
-                let mut old = std::mem::take(&mut st.endpoints);
+                let mut old = std::mem::take(&mut st.candidates);
                 let mut next = Vec::with_capacity(metas.len());
                 for meta in metas.iter() {
-                    if next.iter().any(|e: &Arc<Endpoint>| e.meta.addr == meta.addr) {
+                    if next.iter().any(|c: &Arc<Candidate>| c.endpoint.meta.addr == meta.addr) {
                         continue; // listed twice
                     }
-                    match old.iter().position(|e| e.meta == *meta) {
+                    match old.iter().position(|c| c.endpoint.meta == *meta) {
                         Some(i) => next.push(old.swap_remove(i)),
-                        None => next.push(Endpoint::new(
-                            meta.clone(),
-                            self.proto,
-                            self.label.clone(),
-                            initial,
-                            self.params.decay,
-                            self.client.clone(),
-                            self.changed.clone(),
-                        )),
+                        None => next.push(Arc::new(Candidate {
+                            endpoint: Endpoint::new(
+                                meta.clone(),
+                                self.proto,
+                                self.label.clone(),
+                                self.client.clone(),
+                                self.changed.clone(),
+                            ),
+                            load: Load::new(initial, self.params.decay),
+                        })),
                     }
                 }
-                for ep in old {
-                    ep.retire();
+                for c in old {
+                    c.endpoint.retire();
                 }
-                st.endpoints = next;
+                st.candidates = next;
                 st.known = Known::Endpoints;
             }
         }
@@ -202,37 +203,38 @@ impl Balancer {
     }
 
     /// Whether the router has evicted this balancer.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 
     /// Retires every endpoint (the balancer is being dropped).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        for ep in lock(&self.state).endpoints.drain(..) {
-            ep.retire();
+        for c in lock(&self.state).candidates.drain(..) {
+            c.endpoint.retire();
         }
     }
 
     /// Notes a use, for idle eviction.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.last_used_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// How long since the last request, and whether requests are in flight.
-    pub fn idle_for(&self) -> Duration {
+    /// How long since the last request.
+    pub(crate) fn idle_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(last)
     }
 
-    pub fn in_flight(&self) -> usize {
-        lock(&self.state).endpoints.iter().map(|e| e.in_flight()).sum()
+    /// Requests in flight on all endpoints.
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.state).candidates.iter().map(|c| c.load.in_flight()).sum()
     }
 
     /// Picks an endpoint now if one is ready: `Some(Ok)`, or `Some(Err)` when
     /// the request must fail at once; `None` when it should wait (see [`Balancer::pick`]).
-    pub fn pick_now(&self) -> Option<Result<InFlight, ProxyError>> {
+    pub(crate) fn pick_now(&self) -> Option<Result<InFlight, ProxyError>> {
         match self.try_pick() {
             Ok(ep) => Some(Ok(ep)),
             Err(Wait::Fail(e)) => Some(Err(e)),
@@ -242,7 +244,7 @@ impl Balancer {
 
     /// Picks an endpoint for a request, waiting until `deadline` for one to
     /// become ready.
-    pub async fn pick(&self, deadline: Instant) -> Result<InFlight, ProxyError> {
+    pub(crate) async fn pick(&self, deadline: Instant) -> Result<InFlight, ProxyError> {
         let start = Instant::now();
         loop {
             let notified = self.changed.notified();
@@ -251,7 +253,7 @@ impl Balancer {
             match self.try_pick() {
                 Ok(ep) => return Ok(ep),
                 Err(Wait::Fail(e)) => return Err(e),
-                Err(Wait::Retry(why)) => {
+                Err(Wait::Retry(_)) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return match self.try_pick() {
                             Ok(ep) => Ok(ep),
@@ -259,7 +261,6 @@ impl Balancer {
                             Err(Wait::Retry(why)) => Err(self.unavailable(why, start.elapsed())),
                         };
                     }
-                    let _ = why;
                 }
             }
         }
@@ -290,74 +291,25 @@ impl Balancer {
             }
             Known::Endpoints => {}
         }
-        if st.endpoints.is_empty() {
+        if st.candidates.is_empty() {
             return Err(Wait::Retry(Unready::NoEndpoints));
         }
-        let ready = st.endpoints.iter().filter(|e| e.is_ready(now)).count();
+        let ready = st.candidates.iter().filter(|c| c.endpoint.is_ready(now)).count();
         if ready == 0 {
-            let detail = describe_unready(&st.endpoints);
+            let detail = describe_unready(&st.candidates);
             return Err(Wait::Retry(Unready::NotReady(detail)));
         }
-        if self.params.algorithm == Algorithm::PeakEwma && ready > 1 && now >= st.next_probe_scan {
-            st.next_probe_scan = now + PROBE_SCAN;
-            if let Some(ep) = find_probe(&st.endpoints, now) {
-                ep.note_probe(now, self.params.decay);
-                let ep = ep.clone();
-                drop(st);
-                return Ok(ep.start());
-            }
-        }
-        let nth_ready = |n: usize| st.endpoints.iter().filter(|e| e.is_ready(now)).nth(n);
-        let chosen = match self.params.algorithm {
-            Algorithm::PeakEwma => {
-                if ready == 1 {
-                    nth_ready(0)
-                } else {
-                    let a = fastrand::usize(..ready);
-                    let mut b = fastrand::usize(..ready - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    match (nth_ready(a), nth_ready(b)) {
-                        (Some(x), Some(y)) => Some(choose(x, y, now)),
-                        (x, y) => x.or(y),
-                    }
-                }
-            }
-            Algorithm::LeastRequest => {
-                let offset = fastrand::usize(..ready);
-                let mut best: Option<&Arc<Endpoint>> = None;
-                for i in 0..ready {
-                    let Some(e) = nth_ready((offset + i) % ready) else {
-                        continue;
-                    };
-                    if best.is_none_or(|b| e.in_flight() < b.in_flight()) {
-                        best = Some(e);
-                    }
-                }
-                best
-            }
-            Algorithm::RoundRobin => {
-                let n = st.next_rr % ready;
-                nth_ready(n)
-            }
-        };
-        let chosen = chosen.cloned();
-        if let (Some(ep), Algorithm::PeakEwma) = (&chosen, self.params.algorithm) {
-            ep.note_pick(now);
-        }
-        if self.params.algorithm == Algorithm::RoundRobin {
-            st.next_rr = st.next_rr.wrapping_add(1);
-        }
+        let State { candidates, picker, .. } = &mut *st;
+        let chosen = p2c::pick(self.params.algorithm, candidates, ready, picker, self.params.decay, now);
         drop(st);
         match chosen {
-            Some(ep) => Ok(ep.start()),
+            Some(c) => Ok(InFlight::start(&c)),
             None => Err(Wait::Retry(Unready::NotReady("no endpoint is ready".into()))),
         }
     }
 
     /// The endpoints, for admin and metrics.
-    pub fn view(&self) -> BalancerView {
+    pub(crate) fn view(&self) -> BalancerView {
         let now = Instant::now();
         let st = lock(&self.state);
         BalancerView {
@@ -369,49 +321,26 @@ impl Balancer {
                 Known::Unknown => "unknown service".into(),
                 Known::Endpoints => "resolved".into(),
             },
-            endpoints: st.endpoints.iter().map(|e| e.view(now)).collect(),
+            endpoints: st.candidates.iter().map(|c| view(c, now)).collect(),
         }
     }
 }
 
-/// Loads within this factor of each other are equivalent: latency noise
-/// must not rank equal replicas.
-pub const TIE: f64 = 2.0;
-
-/// Power of two choices between `x` and `y` (drawn at random): the clearly
-/// lower load wins; between equivalent loads (or an endpoint still warming
-/// up, then by requests in flight), the first drawn, so that noise cannot
-/// rank equal replicas.
-fn choose<'a>(x: &'a Arc<Endpoint>, y: &'a Arc<Endpoint>, now: Instant) -> &'a Arc<Endpoint> {
-    match (x.load(now), y.load(now)) {
-        (Some(lx), Some(ly)) => {
-            if lx > TIE * ly {
-                y
-            } else {
-                x
-            }
-        }
-        _ => {
-            // Warming up: no latency yet, so requests in flight decide.
-            if y.in_flight() < x.in_flight() { y } else { x }
-        }
+/// One endpoint's state, for admin and metrics.
+fn view(c: &Candidate, now: Instant) -> EndpointView {
+    let conn = c.endpoint.view(now);
+    let (ewma_ms, measured) = c.load.estimate_ms(now);
+    EndpointView {
+        name: c.endpoint.meta.name.to_string(),
+        addr: c.endpoint.meta.addr.to_string(),
+        state: conn.state,
+        last_error: conn.last_error,
+        ewma_ms,
+        measured,
+        in_flight: c.load.in_flight(),
+        served: c.load.picked(),
+        connects: conn.connects,
     }
-}
-
-/// An endpoint that the balancer avoids for its latency (its load is beyond
-/// the tie band of the best one), is idle, and is due for a probe.
-fn find_probe(endpoints: &[Arc<Endpoint>], now: Instant) -> Option<&Arc<Endpoint>> {
-    let best = endpoints
-        .iter()
-        .filter(|e| e.is_ready(now))
-        .filter_map(|e| e.load(now))
-        .reduce(f64::min)?;
-    let due = |e: &&Arc<Endpoint>| e.is_ready(now) && e.load(now).is_some_and(|l| l > TIE * best) && e.probe_due(now);
-    let n = endpoints.iter().filter(due).count();
-    if n == 0 {
-        return None;
-    }
-    endpoints.iter().filter(due).nth(fastrand::usize(..n))
 }
 
 enum Wait {
@@ -427,9 +356,9 @@ enum Unready {
     NotReady(String),
 }
 
-fn describe_unready(endpoints: &[Arc<Endpoint>]) -> String {
-    let n = endpoints.len();
-    let mut reasons: Vec<String> = endpoints.iter().take(3).map(|e| e.unready_reason()).collect();
+fn describe_unready(candidates: &[Arc<Candidate>]) -> String {
+    let n = candidates.len();
+    let mut reasons: Vec<String> = candidates.iter().take(3).map(|c| c.endpoint.unready_reason()).collect();
     if n > 3 {
         reasons.push(format!("and {} more", n - 3));
     }
@@ -448,3 +377,6 @@ async fn follow(balancer: Weak<Balancer>, mut alive: watch::Receiver<()>, mut re
         b.apply(res);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        Arc, Weak,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -26,19 +26,19 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::mpsc};
 
-use crate::{Direction, router::Router};
+use super::Balancers;
 
 /// What the admin server reports on and controls.
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub registry: Registry,
     pub config_json: String,
-    pub routers: Vec<(Direction, Arc<Router>)>,
+    pub balancers: Balancers,
     pub ready: Arc<AtomicBool>,
     pub shutdown: mpsc::UnboundedSender<()>,
 }
 
 /// Serves admin requests until `stop` completes.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: impl std::future::Future<Output = ()>) {
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: impl std::future::Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -94,14 +94,9 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
         }
         (&Method::GET, "/config") => reply(StatusCode::OK, "application/json", state.config_json.clone()),
         (&Method::GET, "/balancers") => {
-            let all: Vec<serde_json::Value> = state
-                .routers
-                .iter()
-                .flat_map(|(dir, r)| {
-                    r.views()
-                        .into_iter()
-                        .map(move |v| serde_json::json!({"direction": dir.label(), "balancer": v}))
-                })
+            let all: Vec<serde_json::Value> = (state.balancers)()
+                .into_iter()
+                .map(|(dir, v)| serde_json::json!({"direction": dir.label(), "balancer": v}))
                 .collect();
             let body = serde_json::to_string_pretty(&all).unwrap_or_default();
             reply(StatusCode::OK, "application/json", body + "\n")
@@ -139,29 +134,29 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 }
 
 /// Exposes every balancer's per-endpoint state as metrics at scrape time.
-#[derive(Debug)]
-pub struct BalancerCollector {
-    pub routers: Vec<(Direction, Weak<Router>)>,
+pub(crate) struct BalancerCollector {
+    pub balancers: Balancers,
+}
+
+impl std::fmt::Debug for BalancerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BalancerCollector")
+    }
 }
 
 impl Collector for BalancerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut rows = Vec::new();
-        for (dir, router) in &self.routers {
-            let Some(router) = router.upgrade() else {
-                continue;
-            };
-            for b in router.views() {
-                for e in b.endpoints {
-                    let labels = vec![
-                        ("direction", dir.label().to_string()),
-                        ("target", b.target.clone()),
-                        ("protocol", b.protocol.to_string()),
-                        ("endpoint", e.name.clone()),
-                        ("addr", e.addr.clone()),
-                    ];
-                    rows.push((labels, e));
-                }
+        for (dir, b) in (self.balancers)() {
+            for e in b.endpoints {
+                let labels = vec![
+                    ("direction", dir.label().to_string()),
+                    ("target", b.target.clone()),
+                    ("protocol", b.protocol.to_string()),
+                    ("endpoint", e.name.clone()),
+                    ("addr", e.addr.clone()),
+                ];
+                rows.push((labels, e));
             }
         }
         let mut m = encoder.encode_descriptor(

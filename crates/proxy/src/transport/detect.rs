@@ -60,7 +60,7 @@ impl Detected {
 
 /// Reads from `io` into `buf` until the protocol is known, `timeout` passes,
 /// or [`DETECT_CAPACITY`] bytes have arrived. The bytes read stay in `buf`
-/// and must be replayed (see [`crate::io::PrefixedIo`]).
+/// and must be replayed (see [`super::PrefixedIo`]).
 pub async fn detect<T: AsyncRead + Unpin>(io: &mut T, buf: &mut BytesMut, timeout: Duration) -> io::Result<Detected> {
     let deadline = tokio::time::Instant::now() + timeout;
     buf.reserve(1024);

@@ -15,6 +15,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::core::lock;
+
 /// Distinct gRPC routes (service/method) tracked per target; more fold into
 /// `grpc_service="overflow"`.
 pub const MAX_ROUTES: usize = 100;
@@ -299,10 +301,38 @@ impl Metrics {
         metrics
     }
 
+    /// Counts an accepted connection as open until the guard is dropped.
+    pub fn tcp_accepted(self: &Arc<Self>, direction: &'static str) -> OpenConn {
+        let dir = DirLabels { direction };
+        self.tcp_open.get_or_create(&dir).inc();
+        self.tcp_active.get_or_create(&dir).inc();
+        OpenConn {
+            metrics: self.clone(),
+            direction,
+        }
+    }
+
     pub fn connection_error(&self, direction: &'static str, reason: &'static str) {
         self.connection_errors
             .get_or_create(&ErrorLabels { direction, reason })
             .inc();
+    }
+}
+
+/// An accepted connection, counted open until dropped.
+#[derive(Debug)]
+pub struct OpenConn {
+    metrics: Arc<Metrics>,
+    direction: &'static str,
+}
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        let dir = DirLabels {
+            direction: self.direction,
+        };
+        self.metrics.tcp_close.get_or_create(&dir).inc();
+        self.metrics.tcp_active.get_or_create(&dir).dec();
     }
 }
 
@@ -318,12 +348,6 @@ pub fn split_grpc_path(path: &str) -> Option<(&str, &str)> {
     (valid(svc) && valid(method)).then_some((svc, method))
 }
 
-/// Locks a mutex, recovering the data if another thread panicked holding it:
-/// metrics and balancer state stay usable rather than poisoning the proxy.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The text of a gRPC status code, for labels.
 pub fn grpc_code_label(code: u16) -> &'static str {
     const CODES: [&str; 17] = [
@@ -332,9 +356,11 @@ pub fn grpc_code_label(code: u16) -> &'static str {
     CODES.get(usize::from(code)).copied().unwrap_or("unknown")
 }
 
-/// The text of an HTTP status code, for labels, without allocating for the common ones.
-pub fn status_label(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
+/// The text of an HTTP status code, for labels, without allocating for the
+/// common ones; `""` for none (0).
+pub fn status_label(status: u16) -> &'static str {
+    match status {
+        0 => "",
         200 => "200",
         204 => "204",
         301 => "301",

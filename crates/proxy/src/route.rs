@@ -1,30 +1,27 @@
-//! Routing: which balancer serves a request, by its target.
+//! Routing: which balancer serves a request, by its destination.
 //!
-//! Balancers are created on first use, keyed by target and protocol, and
-//! dropped after [`crate::config::Config::balancer_idle_timeout`] without
-//! requests (their endpoint connections close with them).
+//! A destination is a service (looked up in discovery) or one address.
+//! Requests that name their target (explicit mode) are resolved here
+//! ([`Router::dest_for_authority`]); an IP address that discovery lists as a
+//! service's virtual IP means that service ([`Router::dest_at`]).
+//!
+//! Balancers are created on first use, keyed by destination and protocol,
+//! and dropped after `--balancer-idle-timeout` without requests (their
+//! endpoint connections close with them).
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
-    balancer::{BalanceParams, Balancer, BalancerView},
-    discovery::{Authority, Discover, EndpointMeta},
-    endpoint::{ClientParams, Proto},
-    metrics::lock,
+    balance::{BalanceParams, Balancer},
+    core::{Authority, Dest, Proto, lock},
+    discovery::{Discover, EndpointMeta},
+    endpoint::ClientParams,
+    error::ProxyError,
+    telemetry::BalancerView,
 };
 
-/// Where a request or connection goes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Dest {
-    /// A service known (or to be looked up) in discovery.
-    Service(Authority),
-    /// One fixed address: the local app (inbound), or an original destination
-    /// that is not a service.
-    Addr(SocketAddr),
-}
-
 /// The balancers of one direction (outbound or inbound).
-pub struct Router {
+pub(crate) struct Router {
     discovery: Arc<dyn Discover>,
     params: BalanceParams,
     client: Arc<ClientParams>,
@@ -33,7 +30,8 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(
+    /// A router; its idle balancers are evicted by a task on the current runtime.
+    pub(crate) fn new(
         discovery: Arc<dyn Discover>,
         params: BalanceParams,
         client: Arc<ClientParams>,
@@ -50,12 +48,28 @@ impl Router {
         router
     }
 
-    pub fn discovery(&self) -> &dyn Discover {
-        &*self.discovery
+    /// Where traffic to `addr` goes: the service whose virtual IP it is, or
+    /// the address itself.
+    pub(crate) fn dest_at(&self, addr: SocketAddr) -> Dest {
+        match self.discovery.service_at(addr) {
+            Some(svc) => Dest::Service(svc),
+            None => Dest::Addr(addr),
+        }
+    }
+
+    /// Where a request that names its target (`:authority` or `Host`) goes.
+    pub(crate) fn dest_for_authority(&self, authority: Option<&str>, scheme: Option<&str>) -> Result<Dest, ProxyError> {
+        let raw = authority.ok_or_else(|| ProxyError::NoTarget("no :authority or Host header".into()))?;
+        let default_port = if scheme == Some("https") { 443 } else { 80 };
+        let authority = Authority::parse(raw, Some(default_port)).map_err(|e| ProxyError::NoTarget(e.to_string()))?;
+        Ok(match authority.socket_addr() {
+            Some(addr) => self.dest_at(addr),
+            None => Dest::Service(authority),
+        })
     }
 
     /// The balancer for `dest`, created on first use.
-    pub fn balancer(&self, dest: &Dest, proto: Proto) -> Arc<Balancer> {
+    pub(crate) fn balancer(&self, dest: &Dest, proto: Proto) -> Arc<Balancer> {
         let mut map = lock(&self.balancers);
         if let Some(b) = map.get(&(dest.clone(), proto)) {
             b.touch();
@@ -85,7 +99,8 @@ impl Router {
         b
     }
 
-    pub fn views(&self) -> Vec<BalancerView> {
+    /// Every balancer's state, for admin and metrics.
+    pub(crate) fn views(&self) -> Vec<BalancerView> {
         let balancers: Vec<Arc<Balancer>> = lock(&self.balancers).values().cloned().collect();
         let mut views: Vec<BalancerView> = balancers.iter().map(|b| b.view()).collect();
         views.sort_by(|a, b| (&a.target, a.protocol).cmp(&(&b.target, b.protocol)));
@@ -118,3 +133,6 @@ async fn evict_idle(router: std::sync::Weak<Router>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,7 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -13,49 +14,62 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use weft_splice::grpc;
 
-use super::Recorder;
-use crate::error::{code, encode_grpc_message, find_h2_reason};
+use crate::{
+    balance::InFlight,
+    endpoint::Http1Lease,
+    error::{ProxyError, code, find_h2_reason},
+    http::{Call, Outcome, RequestPath},
+};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response the proxy sends.
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     Upstream(ObservedBody),
     Local(Option<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         ProxyBody::Local(None)
     }
 
-    pub fn text(s: String) -> Self {
+    pub(crate) fn text(s: String) -> Self {
         ProxyBody::Local(Some(Bytes::from(s)))
     }
 }
 
-/// How a response stream ended.
-pub enum Outcome {
-    /// The upstream ended the stream (with trailers, if any).
-    Ended { trailers_status: Option<u16> },
-    /// The upstream reset the stream or the connection failed.
-    Failed { grpc_code: u16 },
-    /// The client went away first.
-    Cancelled,
-    /// The proxy ended a gRPC stream at its deadline.
-    DeadlineExceeded,
+/// What is left to do when a response ends: tell the request path how it
+/// ended (which releases the endpoint), and give a cleanly ended HTTP/1.1
+/// connection back to its pool.
+pub(crate) struct Finisher {
+    pub path: Arc<RequestPath>,
+    pub call: Call,
+    pub pick: Option<InFlight>,
+    pub lease: Option<Http1Lease>,
+}
+
+impl Finisher {
+    fn finish(self, outcome: Outcome) {
+        let clean = matches!(outcome, Outcome::Ended(_));
+        self.path.finish(self.call, self.pick, outcome);
+        if let (Some(lease), true) = (self.lease, clean) {
+            lease.release();
+        }
+    }
 }
 
 /// An upstream response body, observed.
-pub struct ObservedBody {
+pub(crate) struct ObservedBody {
     inner: Option<Incoming>,
-    recorder: Option<Recorder>,
+    recorder: Option<Finisher>,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
 }
 
 impl ObservedBody {
-    pub fn new(inner: Incoming, recorder: Recorder, deadline: Option<(tokio::time::Instant, Duration)>) -> Self {
+    pub(crate) fn new(inner: Incoming, recorder: Finisher, deadline: Option<(tokio::time::Instant, Duration)>) -> Self {
         if inner.is_end_stream() {
             // A headers-only (for gRPC, trailers-only) response: nothing
             // more can happen, so no deadline applies.
@@ -64,7 +78,7 @@ impl ObservedBody {
                 recorder: Some(recorder),
                 deadline: None,
             };
-            body.finish(Outcome::Ended { trailers_status: None });
+            body.finish(Outcome::Ended(None));
             return body;
         }
         let deadline = deadline.map(|(at, budget)| (Box::pin(tokio::time::sleep_until(at)), budget));
@@ -105,7 +119,7 @@ impl Body for ObservedBody {
             this.finish(Outcome::DeadlineExceeded);
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from(code::DEADLINE_EXCEEDED));
-            let msg = encode_grpc_message(&format!("weft: deadline exceeded (grpc-timeout {budget:?})"));
+            let msg = grpc::encode_message(&format!("weft: {}", ProxyError::DeadlineExceeded(budget)));
             if let Ok(v) = HeaderValue::from_str(&msg) {
                 trailers.insert("grpc-message", v);
             }
@@ -117,12 +131,9 @@ impl Body for ObservedBody {
         match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    let status = super::grpc::status(trailers);
-                    this.finish(Outcome::Ended {
-                        trailers_status: status,
-                    });
+                    this.finish(Outcome::Ended(super::grpc_status(trailers)));
                 } else if this.inner.as_ref().is_some_and(Body::is_end_stream) {
-                    this.finish(Outcome::Ended { trailers_status: None });
+                    this.finish(Outcome::Ended(None));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -131,11 +142,11 @@ impl Body for ObservedBody {
                     Some(h2::Reason::CANCEL) => code::CANCELLED,
                     _ => code::UNAVAILABLE,
                 };
-                this.finish(Outcome::Failed { grpc_code });
+                this.finish(Outcome::Failed(grpc_code));
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             None => {
-                this.finish(Outcome::Ended { trailers_status: None });
+                this.finish(Outcome::Ended(None));
                 Poll::Ready(None)
             }
         }

@@ -21,10 +21,6 @@ impl<T> PrefixedIo<T> {
     pub fn new(prefix: BytesMut, io: T) -> Self {
         Self { prefix, io }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {

@@ -1,0 +1,213 @@
+//! The one place where the parts meet: binds the listeners and starts the
+//! proxy (discovery → routers → the inbound and outbound listeners, admin
+//! beside them), then drains it on shutdown.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
+
+use crate::{
+    balance::BalanceParams,
+    config::Config,
+    core::Direction,
+    discovery::{Discover, NoDiscovery, file::FileDiscovery},
+    drain,
+    endpoint::ClientParams,
+    inbound::Inbound,
+    outbound::Outbound,
+    route::Router,
+    server::{self, ServerCtx, Side},
+    telemetry::{
+        Balancers,
+        admin::{self, AdminState, BalancerCollector},
+        metrics::Metrics,
+    },
+};
+
+/// The proxy's bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub outbound: Option<TcpListener>,
+    pub inbound: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for {role}: {source}")]
+pub struct BindError {
+    pub role: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+impl Listeners {
+    /// Binds every listener the configuration enables.
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+        async fn bind(role: &'static str, addr: Option<SocketAddr>) -> Result<Option<TcpListener>, BindError> {
+            match addr {
+                None => Ok(None),
+                Some(addr) => {
+                    TcpListener::bind(addr)
+                        .await
+                        .map(Some)
+                        .map_err(|source| BindError { role, addr, source })
+                }
+            }
+        }
+        Ok(Listeners {
+            outbound: bind("outbound", config.outbound_listen.addr()).await?,
+            inbound: bind("inbound", config.inbound_listen.addr()).await?,
+            admin: bind("admin", config.admin_listen.addr()).await?,
+        })
+    }
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    pub outbound_addr: Option<SocketAddr>,
+    pub inbound_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: mpsc::UnboundedSender<()>,
+    draining: tokio::sync::watch::Receiver<bool>,
+    task: JoinHandle<bool>,
+}
+
+impl Proxy {
+    /// Starts the proxy on the current tokio runtime. The admin server runs
+    /// on `admin_runtime` when given (main gives it a thread of its own),
+    /// else beside the data path.
+    pub fn spawn(config: Config, listeners: Listeners, admin_runtime: Option<tokio::runtime::Handle>) -> Proxy {
+        let (metrics, mut registry) = Metrics::new();
+        let discovery: Arc<dyn Discover> = match &config.discovery_file {
+            Some(path) => {
+                let m = metrics.clone();
+                Arc::new(FileDiscovery::spawn(path.clone(), move |_| {
+                    m.discovery_errors.inc();
+                }))
+            }
+            None => Arc::new(NoDiscovery),
+        };
+        let balance = BalanceParams {
+            algorithm: config.balancer,
+            default_rtt: config.ewma_default_rtt,
+            decay: config.ewma_decay,
+        };
+        let client = Arc::new(ClientParams {
+            connect_timeout: config.connect_timeout,
+            max_header_bytes: config.max_header_bytes,
+            metrics: metrics.clone(),
+            engine: config.h2_engine,
+        });
+        let outbound = Router::new(discovery, balance.clone(), client.clone(), config.balancer_idle_timeout);
+        // Inbound always forwards to the local app; discovery plays no part.
+        let inbound = Router::new(Arc::new(NoDiscovery), balance, client, config.balancer_idle_timeout);
+        let balancers: Balancers = {
+            let routers = [
+                (Direction::Outbound, Arc::downgrade(&outbound)),
+                (Direction::Inbound, Arc::downgrade(&inbound)),
+            ];
+            Arc::new(move || {
+                routers
+                    .iter()
+                    .filter_map(|(dir, r)| Some((*dir, r.upgrade()?)))
+                    .flat_map(|(dir, r)| r.views().into_iter().map(move |v| (dir, v)))
+                    .collect()
+            })
+        };
+        registry.register_collector(Box::new(BalancerCollector {
+            balancers: balancers.clone(),
+        }));
+
+        let (drain_signal, drain_watch) = drain::channel();
+        let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
+        let ready = Arc::new(AtomicBool::new(true));
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let (outbound_addr, inbound_addr, admin_addr) = (
+            addr(&listeners.outbound),
+            addr(&listeners.inbound),
+            addr(&listeners.admin),
+        );
+
+        if let Some(l) = listeners.outbound {
+            let side = Side::Outbound(Outbound {
+                router: outbound.clone(),
+            });
+            let ctx = Arc::new(ServerCtx::new(side, outbound.clone(), metrics.clone(), &config));
+            tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
+        }
+        if let Some(l) = listeners.inbound {
+            let side = Side::Inbound(Inbound {
+                app: config.inbound_forward,
+            });
+            let ctx = Arc::new(ServerCtx::new(side, inbound.clone(), metrics.clone(), &config));
+            tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
+        }
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(l) = listeners.admin {
+            let state = Arc::new(AdminState {
+                registry,
+                config_json: serde_json::to_string_pretty(&config.to_json()).unwrap_or_default() + "\n",
+                balancers,
+                ready: ready.clone(),
+                shutdown: shutdown_tx.clone(),
+            });
+            let fut = admin::serve(l, state, async move {
+                let _ = admin_stop_rx.await;
+            });
+            match admin_runtime {
+                Some(rt) => drop(rt.spawn(fut)),
+                None => drop(tokio::spawn(fut)),
+            }
+        }
+        drop(drain_watch);
+
+        let grace = config.shutdown_grace;
+        let (draining_tx, draining) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _ = shutdown_rx.recv().await;
+            let _ = draining_tx.send(true);
+            tracing::info!(grace = ?grace, "draining: no new connections; in-flight requests may finish");
+            ready.store(false, std::sync::atomic::Ordering::Relaxed);
+            let clean = drain_signal.drain(grace).await;
+            if clean {
+                tracing::info!("drained");
+            } else {
+                tracing::warn!("shutdown grace period passed with connections still open; closing them");
+            }
+            let _ = admin_stop_tx.send(());
+            // Keep the routers (and their connections) alive until the end.
+            drop((outbound, inbound));
+            clean
+        });
+        Proxy {
+            outbound_addr,
+            inbound_addr,
+            admin_addr,
+            shutdown: shutdown_tx,
+            draining,
+            task,
+        }
+    }
+
+    /// Starts a drain (as SIGTERM does).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(());
+    }
+
+    /// Completes once a drain has started (by [`Proxy::shutdown`] or admin `/shutdown`).
+    pub async fn closed(&self) {
+        let mut rx = self.draining.clone();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Waits for the drain to finish; `true` when everything finished within
+    /// the grace period.
+    pub async fn wait(self) -> bool {
+        self.task.await.unwrap_or(false)
+    }
+}

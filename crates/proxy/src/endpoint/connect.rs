@@ -1,0 +1,105 @@
+//! Reaching an endpoint: TCP connections with a timeout, and the task that
+//! keeps an HTTP/2 endpoint connected, with jittered exponential backoff
+//! while it fails.
+
+use std::{sync::Weak, time::Duration};
+
+use tokio::{net::TcpStream, sync::watch, time::Instant};
+
+use super::{ConnState, Endpoint};
+
+/// First reconnect delay; doubles per failure up to [`BACKOFF_MAX`].
+pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A connection that lived shorter than this counts as a failed attempt for backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(1);
+
+impl Endpoint {
+    /// Opens a TCP connection to the endpoint (counted when it succeeds).
+    pub(super) async fn connect_tcp(&self) -> Result<TcpStream, String> {
+        let addr = self.meta.addr;
+        let timeout = self.params.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(format!("connect timed out after {timeout:?}")),
+            Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        self.connected();
+        Ok(stream)
+    }
+}
+
+/// Keeps an HTTP/2 connection to the endpoint open until it is retired.
+pub(super) async fn drive_h2(endpoint: Weak<Endpoint>, mut retired: watch::Receiver<bool>) {
+    let mut failures: u32 = 0;
+    loop {
+        let Some(ep) = endpoint.upgrade() else { return };
+        if ep.is_retired() {
+            return;
+        }
+        let attempt = tokio::select! {
+            a = ep.connect_h2() => a,
+            _ = retired.wait_for(|r| *r) => return,
+        };
+        let delay = match attempt {
+            Ok((conn, closed)) => {
+                let opened = Instant::now();
+                ep.set_state(ConnState::Ready(conn));
+                drop(ep);
+                // The connection task tells us when the connection ends; when
+                // the endpoint is retired, its sender is dropped and the
+                // connection closes once in-flight requests are done.
+                let _ = closed.await;
+                let Some(ep) = endpoint.upgrade() else { return };
+                if ep.is_retired() {
+                    return;
+                }
+                if opened.elapsed() >= STABLE_AFTER {
+                    failures = 0;
+                }
+                failures += 1;
+                // Reconnect at once after a healthy connection ends; back off
+                // if connections keep dying young.
+                if failures == 1 {
+                    ep.set_state(ConnState::Idle);
+                    continue;
+                }
+                let delay = backoff(failures - 1);
+                ep.mark_failed("connection closed soon after opening", delay);
+                delay
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = backoff(failures);
+                tracing::debug!(endpoint = %ep.meta.addr, error = %e, ?delay, "endpoint connect failed");
+                ep.mark_failed(&e, delay);
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = retired.wait_for(|r| *r) => return,
+        }
+    }
+}
+
+/// Jittered exponential backoff: for the n-th consecutive failure, a delay in
+/// [d/2, d] with d = base × 2^(n-1), capped.
+fn backoff(n: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << n.saturating_sub(1).min(16));
+    let d = exp.min(BACKOFF_MAX);
+    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= BACKOFF_BASE && backoff(1) >= BACKOFF_BASE / 2);
+        assert!(backoff(3) >= BACKOFF_BASE * 2);
+        assert!(backoff(30) <= BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,402 @@
+//! A client-side connection: HTTP/2 from an application (outbound) or from
+//! another proxy (inbound). Each request is routed and balanced on its own
+//! by the layer above ([`Dispatch`]) and handed to the chosen endpoint's
+//! connection ([`crate::up`]); its response comes back as [`ToDown`]
+//! messages and is written to the client.
+//!
+//! - this file: the connection's loop, and frames from the client;
+//! - [`request`]: a new request, from its head to an endpoint connection;
+//! - [`response`]: what endpoint connections send back, written to the client;
+//! - [`ending`]: the proxy's own answers, deadlines, and the end of streams.
+
+mod ending;
+mod request;
+mod response;
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    future::{Future, poll_fn},
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{net::TcpStream, sync::mpsc, time::Instant};
+
+use crate::{
+    ConnError, Dispatch, DownTx, End, Field, IdMap, Open, StreamKey, ToDown, ToUp, UpTx,
+    frame::{self, code, flag, kind},
+    grpc,
+    wire::{self, Wire},
+};
+
+/// The bounds a client connection works within.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Concurrent streams the client may open (our SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// Largest request header list accepted, in bytes (HTTP 431 beyond).
+    pub max_header_bytes: u32,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A response part waiting for the client's flow-control window.
+#[derive(Debug)]
+enum Out {
+    Data(Bytes, bool),
+    Trailers(Vec<Field>),
+}
+
+/// Where a stream's request is.
+enum Upstream {
+    /// Waiting for an endpoint; what the client sent so far.
+    Waiting(Box<Open>),
+    Attached(UpTx),
+    /// Answered by the proxy, or finished upstream.
+    Detached,
+}
+
+/// What the client connection keeps of a request until its response
+/// begins, to send it to another endpoint if the first never processes it.
+struct Replay {
+    head: Arc<[Field]>,
+    body: Vec<Bytes>,
+    size: usize,
+    trailers: Option<Vec<Field>>,
+}
+
+/// A request to the layer above and what it answered.
+struct Exchange<D: Dispatch> {
+    call: D::Call,
+    pick: Option<D::Pick>,
+    grpc: bool,
+    /// When the request was sent to its endpoint (for the latency estimate).
+    sent: Instant,
+    deadline: Option<Instant>,
+}
+
+struct Stream<D: Dispatch> {
+    key: StreamKey,
+    up: Upstream,
+    replay: Option<Replay>,
+    /// The client finished its request.
+    client_done: bool,
+    /// What the client may still send on the stream.
+    recv_window: i64,
+    /// Request bytes the endpoint side took, not yet granted back.
+    client_credit: u32,
+    /// How much more may be sent to the client on the stream.
+    send_window: i64,
+    out: VecDeque<Out>,
+    head_sent: bool,
+    /// Response bytes written to the client, not yet reported upstream.
+    up_credit: u32,
+    x: Exchange<D>,
+}
+
+/// A waiting request's endpoint, from the task that waited for it.
+type Picked<D> = (u32, Result<<D as Dispatch>::Pick, <D as Dispatch>::Error>);
+/// The channel those answers come back on.
+type PickChannel<D> = (mpsc::UnboundedSender<Picked<D>>, mpsc::UnboundedReceiver<Picked<D>>);
+
+struct Down<D: Dispatch> {
+    wire: Wire,
+    id: u64,
+    peer: SocketAddr,
+    dispatch: Arc<D>,
+    conn: D::Conn,
+    limits: Limits,
+    tx: DownTx,
+    rx: mpsc::UnboundedReceiver<ToDown>,
+    /// Endpoints picked for requests that had to wait (made on first use).
+    picks: Option<PickChannel<D>>,
+    streams: IdMap<u32, Stream<D>>,
+    /// The highest stream id the client opened.
+    last_stream: u32,
+    goaway_sent: bool,
+    client_goaway: bool,
+    deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    blocked: Vec<u32>,
+    scratch: Vec<Field>,
+}
+
+/// Serves one client connection that sent the HTTP/2 preface (`prefix`
+/// holds the bytes detection read) until it closes or `drain` completes
+/// and its streams are done.
+pub async fn serve<D: Dispatch>(
+    io: TcpStream,
+    prefix: BytesMut,
+    peer: SocketAddr,
+    dispatch: Arc<D>,
+    conn: D::Conn,
+    limits: Limits,
+    drain: impl Future<Output = ()>,
+) {
+    let settings = Wire::settings(Some(limits.max_concurrent_streams), limits.max_header_bytes, false);
+    let mut wire = Wire::new(io, prefix, false, &settings);
+    // The client's preface was checked by detection; consume it.
+    if wire.rbuf.len() >= frame::PREFACE.len() && &wire.rbuf[..frame::PREFACE.len()] == frame::PREFACE {
+        let _ = wire.rbuf.split_to(frame::PREFACE.len());
+    } else {
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut down = Down {
+        wire,
+        id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+        peer,
+        dispatch,
+        conn,
+        limits,
+        tx,
+        rx,
+        picks: None,
+        streams: IdMap::default(),
+        last_stream: 0,
+        goaway_sent: false,
+        client_goaway: false,
+        deadlines: BinaryHeap::new(),
+        timer: None,
+        blocked: Vec::new(),
+        scratch: Vec::new(),
+    };
+    let mut drained = std::pin::pin!(drain);
+    let result = poll_fn(|cx| {
+        if !down.goaway_sent && drained.as_mut().poll(cx).is_ready() {
+            // GOAWAY: no new streams; the ones in flight finish.
+            down.wire.goaway(down.last_stream, code::NO_ERROR, "draining");
+            down.goaway_sent = true;
+        }
+        down.poll_run(cx)
+    })
+    .await;
+    if let Err(e) = result
+        && e.code != code::NO_ERROR
+    {
+        let reason = match e.code {
+            code::COMPRESSION_ERROR | code::PROTOCOL_ERROR | code::FRAME_SIZE_ERROR | code::FLOW_CONTROL_ERROR => {
+                "http2_protocol"
+            }
+            _ => "http_io",
+        };
+        tracing::debug!(peer = %down.peer, code = e.code, reason = %e.reason, "HTTP/2 connection error");
+        down.dispatch.connection_error(&down.conn, down.peer, reason);
+        down.wire.goaway(down.last_stream, e.code, &e.reason);
+        let _ = poll_fn(|cx| down.wire.poll_flush(cx)).await;
+    }
+    down.close();
+}
+
+impl<D: Dispatch> Down<D> {
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        loop {
+            let mut busy = false;
+            for _ in 0..512 {
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(msg)) => {
+                        busy = true;
+                        self.on_message(msg);
+                    }
+                    Poll::Ready(None) | Poll::Pending => break,
+                }
+            }
+            while let Some((_, rx)) = self.picks.as_mut()
+                && let Poll::Ready(Some((stream, result))) = rx.poll_recv(cx)
+            {
+                busy = true;
+                self.on_picked(stream, result);
+            }
+            if !self.wire.read_closed && self.wire.output_len() < crate::WRITE_HIGH_WATER {
+                // Frames already buffered (detection read the first bytes) come first.
+                while let Some((head, payload)) = self.wire.next_frame()? {
+                    busy = true;
+                    self.on_frame(head, payload)?;
+                }
+                match self.wire.poll_read(cx) {
+                    Poll::Ready(Ok(0)) => busy = true,
+                    Poll::Ready(Ok(_)) => {
+                        busy = true;
+                        while let Some((head, payload)) = self.wire.next_frame()? {
+                            self.on_frame(head, payload)?;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::new(code::NO_ERROR, e.to_string()))),
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(t) = self.timer.as_mut()
+                && t.as_mut().poll(cx).is_ready()
+            {
+                self.timer = None;
+                self.expire();
+                busy = true;
+            }
+            if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
+                return Poll::Ready(Err(ConnError::new(code::NO_ERROR, e.to_string())));
+            }
+            if self.wire.read_closed && !self.wire.has_output() {
+                return Poll::Ready(Ok(()));
+            }
+            if (self.goaway_sent || self.client_goaway) && self.streams.is_empty() && !self.wire.has_output() {
+                return Poll::Ready(Ok(()));
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    // ===== frames from the client =====
+
+    fn on_frame(&mut self, head: frame::Head, payload: Bytes) -> Result<(), ConnError> {
+        if self.wire.partial.is_some() && head.kind != kind::CONTINUATION {
+            return Err(ConnError::new(code::PROTOCOL_ERROR, "header block interrupted"));
+        }
+        let mut delta = 0i64;
+        if self.wire.connection_frame(&head, &payload, &mut delta)? {
+            if delta != 0 {
+                for s in self.streams.values_mut() {
+                    s.send_window += delta;
+                }
+            }
+            self.unblock();
+            return Ok(());
+        }
+        match head.kind {
+            kind::HEADERS | kind::CONTINUATION => {
+                if head.stream == 0 {
+                    return Err(ConnError::new(code::PROTOCOL_ERROR, "HEADERS on stream 0"));
+                }
+                let Some(block) = self.wire.header_block(&head, payload)? else {
+                    return Ok(());
+                };
+                self.on_headers(block)
+            }
+            kind::DATA => self.on_data(&head, payload),
+            kind::RST_STREAM => {
+                wire::rst_code(&payload)?;
+                if head.stream == 0 || head.stream > self.last_stream {
+                    return Err(ConnError::new(code::PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
+                }
+                if let Some(mut s) = self.streams.remove(&head.stream) {
+                    cancel_upstream(&s);
+                    s.up = Upstream::Detached;
+                    self.record(s, End::Cancelled);
+                }
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let inc = match wire::window_increment(&payload) {
+                    Ok(i) => i,
+                    Err(_) if payload.len() == 4 => {
+                        self.reset_stream(head.stream, code::PROTOCOL_ERROR);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(s) = self.streams.get_mut(&head.stream) {
+                    s.send_window += i64::from(inc);
+                    if s.send_window > frame::MAX_WINDOW {
+                        self.reset_stream(head.stream, code::FLOW_CONTROL_ERROR);
+                        return Ok(());
+                    }
+                    self.write_out(head.stream);
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                self.client_goaway = true;
+                Ok(())
+            }
+            kind::PUSH_PROMISE => Err(ConnError::new(code::PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_data(&mut self, head: &frame::Head, payload: Bytes) -> Result<(), ConnError> {
+        let len = head.len;
+        self.wire.received(len);
+        if head.stream == 0 {
+            return Err(ConnError::new(code::PROTOCOL_ERROR, "DATA on stream 0"));
+        }
+        let range = frame::unpad(head, &payload).ok_or_else(|| ConnError::new(code::PROTOCOL_ERROR, "bad padding"))?;
+        let end = head.has(flag::END_STREAM);
+        let Some(s) = self.streams.get_mut(&head.stream) else {
+            if head.stream > self.last_stream {
+                return Err(ConnError::new(code::PROTOCOL_ERROR, "DATA on an idle stream"));
+            }
+            return Ok(()); // a stream already answered; its bytes are dropped
+        };
+        if s.client_done {
+            self.reset_stream(head.stream, code::STREAM_CLOSED);
+            return Ok(());
+        }
+        s.recv_window -= i64::from(len);
+        if s.recv_window < 0 {
+            self.reset_stream(head.stream, code::FLOW_CONTROL_ERROR);
+            return Ok(());
+        }
+        let data = payload.slice(range.clone());
+        let padding = len - data.len() as u32;
+        s.client_done = end;
+        s.client_credit += padding;
+        if let Some(r) = s.replay.as_mut() {
+            r.size += data.len();
+            if r.size > request::REPLAY_LIMIT {
+                s.replay = None;
+            } else if !data.is_empty() {
+                r.body.push(data.clone());
+            }
+        }
+        match &mut s.up {
+            Upstream::Attached(up) => {
+                let _ = up.send(ToUp::Data { key: s.key, data, end });
+            }
+            Upstream::Waiting(open) => {
+                if !data.is_empty() {
+                    open.body.push(data);
+                }
+                open.end |= end;
+            }
+            Upstream::Detached => s.client_credit += (range.end - range.start) as u32,
+        }
+        self.grant(head.stream);
+        Ok(())
+    }
+
+    fn reset_stream(&mut self, id: u32, code: u32) {
+        frame::put_rst(&mut self.wire.wbuf, id, code);
+        if let Some(mut s) = self.streams.remove(&id) {
+            cancel_upstream(&s);
+            s.up = Upstream::Detached;
+            self.record(s, End::Failed(grpc::code::INTERNAL));
+        }
+    }
+
+    /// The connection is over: every stream still open is cancelled.
+    fn close(&mut self) {
+        let streams: Vec<Stream<D>> = self.streams.drain().map(|(_, s)| s).collect();
+        for s in streams {
+            cancel_upstream(&s);
+            self.record(s, End::Cancelled);
+        }
+    }
+}
+
+/// Tells the endpoint connection a stream is over (it resets it there).
+fn cancel_upstream<D: Dispatch>(s: &Stream<D>) {
+    if let Upstream::Attached(up) = &s.up {
+        let _ = up.send(ToUp::Reset {
+            key: s.key,
+            code: code::CANCEL,
+        });
+    }
+}

@@ -1,0 +1,225 @@
+//! What endpoint connections send back ([`ToDown`]), written to the client
+//! as far as its flow-control windows allow, with request-side window
+//! granted back to the client in batches.
+
+use super::{Down, Out, Upstream};
+use crate::{
+    CREDIT_BATCH, Dispatch, End, Failure, Field, Open, ToDown, ToUp,
+    frame::{self, code},
+    grpc, is_connection_specific,
+};
+
+impl<D: Dispatch> Down<D> {
+    pub(super) fn on_message(&mut self, msg: ToDown) {
+        match msg {
+            ToDown::Head {
+                stream,
+                fields,
+                end,
+                credit,
+            } => self.on_response_head(stream, fields, end, credit),
+            ToDown::Data {
+                stream,
+                data,
+                end,
+                credit,
+            } => {
+                let Some(s) = self.streams.get_mut(&stream) else { return };
+                s.client_credit += credit;
+                s.out.push_back(Out::Data(data, end));
+                self.write_out(stream);
+                self.grant(stream);
+            }
+            ToDown::Trailers { stream, fields, credit } => {
+                let Some(s) = self.streams.get_mut(&stream) else { return };
+                s.client_credit += credit;
+                s.out.push_back(Out::Trailers(fields));
+                self.write_out(stream);
+            }
+            ToDown::Credit { stream, credit } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.client_credit += credit;
+                    self.grant(stream);
+                }
+            }
+            ToDown::Reset { stream, code, detail } => self.on_upstream_reset(stream, code, detail),
+            ToDown::Bounce { stream, detail } => self.on_bounce(stream, detail),
+        }
+    }
+
+    fn on_response_head(&mut self, stream: u32, fields: Vec<Field>, end: bool, credit: u32) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        s.client_credit += credit;
+        self.dispatch
+            .responded(&mut s.x.call, s.x.pick.as_ref(), s.x.sent, &fields);
+        s.head_sent = true;
+        s.replay = None;
+        self.encode_head(stream, &fields, end);
+        self.scratch = fields;
+        if end {
+            self.finish(stream, End::Ended(None));
+        } else {
+            self.grant(stream);
+        }
+    }
+
+    /// The endpoint reset the stream (or its connection ended under it).
+    fn on_upstream_reset(&mut self, stream: u32, reason: u32, detail: String) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        s.up = Upstream::Detached;
+        if !s.head_sent {
+            tracing::debug!(stream, detail, "endpoint reset a stream before answering");
+            let failure = Failure::Reset { code: reason, detail };
+            let e = self.dispatch.error(&s.x.call, s.x.pick.as_ref(), failure);
+            self.fail(stream, &e);
+            return;
+        }
+        frame::put_rst(
+            &mut self.wire.wbuf,
+            stream,
+            if reason == code::NO_ERROR { code::CANCEL } else { reason },
+        );
+        if let Some(s) = self.streams.remove(&stream) {
+            let grpc_code = if reason == code::CANCEL {
+                grpc::code::CANCELLED
+            } else {
+                grpc::code::UNAVAILABLE
+            };
+            self.record(s, End::Failed(grpc_code));
+        }
+    }
+
+    /// The endpoint never processed the request: send it elsewhere if it
+    /// may go again and was kept whole, else fail it.
+    fn on_bounce(&mut self, stream: u32, detail: String) {
+        let Some(s) = self.streams.get_mut(&stream) else { return };
+        tracing::debug!(stream, detail, "the endpoint never processed the request");
+        s.x.pick = None;
+        match &s.replay {
+            Some(r) if !s.head_sent && self.dispatch.resend(&mut s.x.call) => {
+                // Everything the client sent so far; the rest follows to
+                // wherever the request goes now.
+                let open = Box::new(Open {
+                    key: s.key,
+                    reply: self.tx.clone(),
+                    head: r.head.clone(),
+                    body: r.body.clone(),
+                    trailers: r.trailers.clone(),
+                    end: s.client_done,
+                });
+                s.up = Upstream::Waiting(open);
+                self.dispatch_stream(stream, None);
+            }
+            _ => {
+                s.up = Upstream::Detached;
+                let e = self.dispatch.error(&s.x.call, None, Failure::Unsent(detail));
+                self.fail(stream, &e);
+            }
+        }
+    }
+
+    // ===== writing to the client =====
+
+    pub(super) fn encode_head(&mut self, id: u32, fields: &[Field], end: bool) {
+        let mut block = self.wire.wbuf_block();
+        self.wire
+            .enc
+            .encode(fields.iter().filter(|f| !is_connection_specific(&f.name)), &mut block);
+        frame::put_headers(&mut self.wire.wbuf, id, &block, end, self.wire.peer.max_frame_size);
+        self.wire.return_block(block);
+    }
+
+    /// Writes a stream's queued response as far as the windows allow.
+    pub(super) fn write_out(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else { return };
+        let max_frame = self.wire.peer.max_frame_size;
+        let mut ended = None;
+        let mut wrote = 0u32;
+        while let Some(out) = s.out.front_mut() {
+            match out {
+                Out::Trailers(_) => {
+                    let Some(Out::Trailers(fields)) = s.out.pop_front() else {
+                        break;
+                    };
+                    let status = crate::field(&fields, b"grpc-status").and_then(|v| grpc::parse_status(v));
+                    let mut block = self.wire.wbuf_block();
+                    self.wire
+                        .enc
+                        .encode(fields.iter().filter(|f| !is_connection_specific(&f.name)), &mut block);
+                    frame::put_headers(&mut self.wire.wbuf, id, &block, true, max_frame);
+                    self.wire.return_block(block);
+                    self.scratch = fields;
+                    ended = Some(status);
+                    break;
+                }
+                Out::Data(data, end) => {
+                    let window = s.send_window.min(self.wire.conn_send).max(0) as usize;
+                    if data.is_empty() {
+                        if *end {
+                            frame::put_data(&mut self.wire.wbuf, id, &[], true, max_frame);
+                            ended = Some(None);
+                        }
+                        s.out.pop_front();
+                        if ended.is_some() {
+                            break;
+                        }
+                        continue;
+                    }
+                    if window == 0 {
+                        break;
+                    }
+                    let n = data.len().min(window);
+                    let chunk = data.split_to(n);
+                    let last = data.is_empty() && *end;
+                    frame::put_data(&mut self.wire.wbuf, id, &chunk, last, max_frame);
+                    s.send_window -= n as i64;
+                    self.wire.conn_send -= n as i64;
+                    wrote += n as u32;
+                    if data.is_empty() {
+                        s.out.pop_front();
+                        if last {
+                            ended = Some(None);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if ended.is_none() && !s.out.is_empty() && !self.blocked.contains(&id) {
+            self.blocked.push(id);
+        }
+        s.up_credit += wrote;
+        if s.up_credit >= CREDIT_BATCH && ended.is_none() {
+            if let Upstream::Attached(up) = &s.up {
+                let _ = up.send(ToUp::Credit {
+                    key: s.key,
+                    n: s.up_credit,
+                });
+            }
+            s.up_credit = 0;
+        }
+        if let Some(trailers_status) = ended {
+            self.finish(id, End::Ended(trailers_status));
+        }
+    }
+
+    /// Returns request-side window to the client, in batches.
+    pub(super) fn grant(&mut self, id: u32) {
+        let Some(s) = self.streams.get_mut(&id) else { return };
+        if s.client_credit >= CREDIT_BATCH && !s.client_done {
+            frame::put_window_update(&mut self.wire.wbuf, id, s.client_credit);
+            s.recv_window += i64::from(s.client_credit);
+            s.client_credit = 0;
+        }
+    }
+
+    /// Writes what streams blocked on the connection window have queued.
+    pub(super) fn unblock(&mut self) {
+        if self.blocked.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.blocked) {
+            self.write_out(id);
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! An endpoint-side connection: HTTP/2 to one endpoint, carrying the
+//! requests client-side connections hand it ([`ToUp`]) and sending each
+//! response back where its request came from ([`ToDown`]).
+//!
+//! The endpoint's SETTINGS_MAX_CONCURRENT_STREAMS is honoured exactly: no
+//! stream opens before the endpoint's first SETTINGS frame, and requests
+//! beyond its limit wait here in arrival order until a stream closes.
+//! A request the endpoint never processed (queued when the connection
+//! ends, refused, or above a GOAWAY's last stream) goes back to its client
+//! connection, which may send it to another endpoint.
+//!
+//! - this file: the handshake, the connection's loop, messages from
+//!   client-side connections, and the end of the connection;
+//! - [`streams`]: queued requests become streams within the endpoint's
+//!   limit, and their bodies are written as its windows allow;
+//! - [`frames`]: frames from the endpoint, sent back to client connections.
+
+mod frames;
+mod streams;
+
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{net::TcpStream, sync::mpsc};
+
+use crate::{
+    ConnError, DownTx, Field, IdMap, Open, StreamKey, ToDown, ToUp, UpHandle,
+    frame::{self, code, flag, kind},
+    wire::Wire,
+};
+
+/// A request's part waiting for flow-control window.
+#[derive(Debug)]
+enum Out {
+    Data(Bytes, bool),
+    Trailers(Vec<Field>),
+}
+
+struct Stream {
+    key: StreamKey,
+    reply: DownTx,
+    /// How much more this side may send on the stream.
+    send_window: i64,
+    out: VecDeque<Out>,
+    request_done: bool,
+    /// What the endpoint may still send on the stream (we grant more as the
+    /// client side reports writing it).
+    recv_window: i64,
+    head_seen: bool,
+    response_done: bool,
+    /// Request bytes written to the endpoint, not yet reported back.
+    credit: u32,
+}
+
+/// A queued request (no stream yet).
+struct Queued {
+    open: Box<Open>,
+}
+
+struct Up {
+    wire: Wire,
+    addr: SocketAddr,
+    rx: mpsc::UnboundedReceiver<ToUp>,
+    rx_closed: bool,
+    streams: IdMap<u32, Stream>,
+    by_key: IdMap<StreamKey, u32>,
+    queue: VecDeque<Queued>,
+    next_id: u32,
+    /// The endpoint said it goes away; streams above this id were not processed.
+    goaway: Option<u32>,
+    max_header_bytes: u32,
+    going_away: Arc<AtomicBool>,
+    /// Streams with data waiting for window.
+    blocked: Vec<u32>,
+    scratch: Vec<Field>,
+}
+
+/// Exchanges SETTINGS with an endpoint over a connected socket (within
+/// `timeout`), and starts the connection task. Returns the handle requests
+/// are sent on and a receiver that completes when the connection has ended.
+pub async fn handshake(
+    tcp: TcpStream,
+    timeout: Duration,
+    max_header_bytes: u32,
+) -> Result<(UpHandle, tokio::sync::oneshot::Receiver<()>), String> {
+    let addr = tcp
+        .peer_addr()
+        .map_err(|e| format!("connection lost before the handshake: {e}"))?;
+    let settings = Wire::settings(None, max_header_bytes, true);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut up = Up {
+        wire: Wire::new(tcp, BytesMut::new(), true, &settings),
+        addr,
+        rx,
+        rx_closed: false,
+        streams: IdMap::default(),
+        by_key: Default::default(),
+        queue: VecDeque::new(),
+        next_id: 1,
+        goaway: None,
+        max_header_bytes,
+        going_away: Arc::new(AtomicBool::new(false)),
+        blocked: Vec::new(),
+        scratch: Vec::new(),
+    };
+    // The endpoint's first frame must be its SETTINGS; no request is sent
+    // before it, so its stream limit is known from the first request on.
+    let handshake = poll_fn(|cx| up.poll_handshake(cx));
+    match tokio::time::timeout(timeout, handshake).await {
+        Err(_) => return Err("HTTP/2 handshake timed out (no SETTINGS from the endpoint)".into()),
+        Ok(Err(e)) => return Err(format!("HTTP/2 handshake failed: {}", e.reason)),
+        Ok(Ok(())) => {}
+    }
+    let handle = UpHandle {
+        tx,
+        going_away: up.going_away.clone(),
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let result = poll_fn(|cx| up.poll_run(cx)).await;
+        if let Err(e) = &result {
+            tracing::debug!(addr = %up.addr, code = e.code, reason = %e.reason, "endpoint connection ended");
+        }
+        up.close(
+            result
+                .err()
+                .map(|e| e.reason)
+                .unwrap_or_else(|| "the endpoint closed the connection".into()),
+        );
+        let _ = done_tx.send(());
+    });
+    Ok((handle, done_rx))
+}
+
+impl Up {
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        loop {
+            if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
+                return Poll::Ready(Err(ConnError::new(code::INTERNAL_ERROR, e.to_string())));
+            }
+            if self.wire.peer_settings_seen {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some((head, payload)) = self.wire.next_frame()? {
+                if head.kind != kind::SETTINGS || head.has(flag::ACK) {
+                    return Poll::Ready(Err(ConnError::new(
+                        code::PROTOCOL_ERROR,
+                        "the endpoint's first frame is not SETTINGS",
+                    )));
+                }
+                let mut delta = 0;
+                self.wire.connection_frame(&head, &payload, &mut delta)?;
+                continue;
+            }
+            match self.wire.poll_read(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(ConnError::new(code::NO_ERROR, "closed during the handshake")));
+                }
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::new(code::INTERNAL_ERROR, e.to_string()))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Runs until the connection ends: `Ok` on a clean end.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        loop {
+            let mut busy = false;
+            // Messages from client-side connections.
+            for _ in 0..512 {
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(msg)) => {
+                        busy = true;
+                        self.on_message(msg)?;
+                    }
+                    Poll::Ready(None) => {
+                        self.rx_closed = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            // Frames from the endpoint (unless our output is backed up).
+            if !self.wire.read_closed && self.wire.output_len() < crate::WRITE_HIGH_WATER {
+                match self.wire.poll_read(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        busy = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        busy = true;
+                        while let Some((head, payload)) = self.wire.next_frame()? {
+                            self.on_frame(head, payload)?;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(Err(ConnError::new(code::INTERNAL_ERROR, e.to_string())));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match self.wire.poll_flush(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::new(code::INTERNAL_ERROR, e.to_string()))),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+            if self.wire.read_closed {
+                return Poll::Ready(Err(ConnError::new(
+                    code::NO_ERROR,
+                    "the endpoint closed the connection",
+                )));
+            }
+            let idle = self.streams.is_empty() && self.queue.is_empty();
+            if idle && (self.rx_closed || self.goaway.is_some()) && !self.wire.has_output() {
+                return Poll::Ready(Ok(()));
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: ToUp) -> Result<(), ConnError> {
+        match msg {
+            ToUp::Open(open) => {
+                if self.goaway.is_some() || self.next_id > 0x7fff_fffe {
+                    self.bounce(&open.reply, open.key.stream, "the endpoint connection is going away");
+                } else {
+                    self.queue.push_back(Queued { open });
+                    self.open_queued();
+                }
+            }
+            ToUp::Data { key, data, end } => {
+                if let Some(&id) = self.by_key.get(&key) {
+                    if let Some(s) = self.streams.get_mut(&id) {
+                        s.out.push_back(Out::Data(data, end));
+                        self.write_stream(id);
+                    }
+                } else if let Some(q) = self.queue.iter_mut().find(|q| q.open.key == key) {
+                    q.open.body.push(data);
+                    q.open.end |= end;
+                }
+            }
+            ToUp::Trailers { key, fields } => {
+                if let Some(&id) = self.by_key.get(&key) {
+                    if let Some(s) = self.streams.get_mut(&id) {
+                        s.out.push_back(Out::Trailers(fields));
+                        self.write_stream(id);
+                    }
+                } else if let Some(q) = self.queue.iter_mut().find(|q| q.open.key == key) {
+                    q.open.trailers = Some(fields);
+                    q.open.end = true;
+                }
+            }
+            ToUp::Reset { key, code } => {
+                if let Some(id) = self.by_key.remove(&key) {
+                    if let Some(s) = self.streams.remove(&id) {
+                        if !(s.request_done && s.response_done) {
+                            frame::put_rst(&mut self.wire.wbuf, id, code);
+                        }
+                        self.open_queued();
+                    }
+                } else if let Some(i) = self.queue.iter().position(|q| q.open.key == key) {
+                    self.queue.remove(i);
+                }
+            }
+            ToUp::Credit { key, n } => {
+                if let Some(&id) = self.by_key.get(&key)
+                    && let Some(s) = self.streams.get_mut(&id)
+                    && !s.response_done
+                {
+                    s.recv_window += i64::from(n);
+                    frame::put_window_update(&mut self.wire.wbuf, id, n);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection ended. Queued requests were never sent: they go back.
+    /// Streams already sent may have been processed: they fail.
+    fn close(&mut self, why: String) {
+        for (_, s) in self.streams.drain() {
+            let detail = format!("endpoint {}: {why}", self.addr);
+            let _ = s.reply.send(ToDown::Reset {
+                stream: s.key.stream,
+                code: code::CANCEL,
+                detail,
+            });
+        }
+        while let Some(q) = self.queue.pop_front() {
+            let _ = q.open.reply.send(ToDown::Bounce {
+                stream: q.open.key.stream,
+                detail: why.clone(),
+            });
+        }
+    }
+}
+
+/// A readable name for an HTTP/2 error code.
+pub fn reason(code: u32) -> &'static str {
+    match code {
+        code::NO_ERROR => "NO_ERROR",
+        code::PROTOCOL_ERROR => "PROTOCOL_ERROR",
+        code::INTERNAL_ERROR => "INTERNAL_ERROR",
+        code::FLOW_CONTROL_ERROR => "FLOW_CONTROL_ERROR",
+        code::STREAM_CLOSED => "STREAM_CLOSED",
+        code::FRAME_SIZE_ERROR => "FRAME_SIZE_ERROR",
+        code::REFUSED_STREAM => "REFUSED_STREAM",
+        code::CANCEL => "CANCEL",
+        code::COMPRESSION_ERROR => "COMPRESSION_ERROR",
+        code::ENHANCE_YOUR_CALM => "ENHANCE_YOUR_CALM",
+        _ => "error",
+    }
+}

@@ -72,6 +72,63 @@ async fn scene(
     dir: &std::path::Path,
     procs: &mut Vec<Proc>,
 ) -> anyhow::Result<()> {
+    let replicas = start_replicas(square, proxy, dir, procs).await?;
+    let (outbound, out_admin) = start_client_proxy(proxy, dir, &replicas, procs).await?;
+    let (l4, _l4_task) = weft_demo::l4::spawn(replicas.iter().map(|r| r.inbound).collect()).await?;
+
+    eprintln!("weft demo: 3 square replicas, each behind its own weft-proxy inbound");
+    for r in &replicas {
+        eprintln!(
+            "  {}  app {}  inbound {}  admin http://{}",
+            r.name, r.app, r.inbound, r.admin
+        );
+    }
+    eprintln!("  client's weft-proxy: outbound {outbound}  admin http://{out_admin}/balancers");
+    eprintln!(
+        "every phase: {} calls over ONE HTTP/2 connection, {} in flight\n",
+        args.calls, args.concurrency
+    );
+
+    let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
+    // A few calls first, as a running mesh would have had: every proxy's
+    // connections are open and the balancer has its first latency samples.
+    let warm = DemoArgs {
+        calls: 30,
+        quiet: true,
+        ..*args
+    };
+    phase(&warm, client, "warm-up", outbound, Some(SERVICE)).await?;
+    let a = phase(args, client, "a", l4, None).await?;
+    summary(
+        "(a) through a Kubernetes-style Service: it balances connections, so one replica gets every call",
+        &names,
+        &a,
+    );
+
+    let b = phase(args, client, "b", outbound, Some(SERVICE)).await?;
+    summary("(b) through weft: every call is balanced on its own", &names, &b);
+
+    let slow = &replicas[2];
+    make_slow(slow.app, args.slow_ms).await?;
+    let c = phase(args, client, "c", outbound, Some(SERVICE)).await?;
+    summary(
+        &format!(
+            "(c) through weft, {} now {} ms slower: peak-EWMA moves traffic away from it",
+            slow.name, args.slow_ms
+        ),
+        &names,
+        &c,
+    );
+    Ok(())
+}
+
+/// Three square replicas, each behind its own weft-proxy inbound.
+async fn start_replicas(
+    square: &std::path::Path,
+    proxy: &std::path::Path,
+    dir: &std::path::Path,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<Vec<Replica>> {
     let mut replicas = Vec::new();
     for i in 0..3 {
         let name = format!("square-{i}");
@@ -109,14 +166,24 @@ async fn scene(
             admin,
         });
     }
+    Ok(replicas)
+}
 
+/// The client's weft-proxy, balancing over the replicas' inbound proxies
+/// (a discovery file lists them). Returns its outbound and admin addresses.
+async fn start_client_proxy(
+    proxy: &std::path::Path,
+    dir: &std::path::Path,
+    replicas: &[Replica],
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let mesh = dir.join("mesh.yaml");
     let mut yaml = format!("services:\n  {SERVICE}:\n    endpoints:\n");
-    for r in &replicas {
+    for r in replicas {
         yaml.push_str(&format!("      - address: {}\n        name: {}\n", r.inbound, r.name));
     }
     std::fs::write(&mesh, yaml)?;
-    let (outbound, out_admin) = (free_addr()?, free_addr()?);
+    let (outbound, admin) = (free_addr()?, free_addr()?);
     let mut p = Proc::spawn(
         "client's weft-proxy",
         proxy,
@@ -126,7 +193,7 @@ async fn scene(
             "--inbound-listen",
             "off",
             "--admin-listen",
-            &out_admin.to_string(),
+            &admin.to_string(),
             "--discovery-file",
             mesh.to_str().context("temp dir path is not UTF-8")?,
         ]),
@@ -134,61 +201,21 @@ async fn scene(
     )?;
     p.wait_listening(outbound).await?;
     procs.push(p);
+    Ok((outbound, admin))
+}
 
-    let (l4, _l4_task) = weft_demo::l4::spawn(replicas.iter().map(|r| r.inbound).collect()).await?;
-
-    eprintln!("weft demo: 3 square replicas, each behind its own weft-proxy inbound");
-    for r in &replicas {
-        eprintln!(
-            "  {}  app {}  inbound {}  admin http://{}",
-            r.name, r.app, r.inbound, r.admin
-        );
-    }
-    eprintln!("  client's weft-proxy: outbound {outbound}  admin http://{out_admin}/balancers");
-    eprintln!(
-        "every phase: {} calls over ONE HTTP/2 connection, {} in flight\n",
-        args.calls, args.concurrency
-    );
-
-    let names: Vec<String> = replicas.iter().map(|r| r.name.clone()).collect();
-    // A few calls first, as a running mesh would have had: every proxy's
-    // connections are open and the balancer has its first latency samples.
-    let warm = DemoArgs {
-        calls: 30,
-        quiet: true,
-        ..*args
-    };
-    phase(&warm, client, "warm-up", outbound, Some(SERVICE)).await?;
-    let a = phase(args, client, "a", l4, None).await?;
-    summary(
-        "(a) through a Kubernetes-style Service: it balances connections, so one replica gets every call",
-        &names,
-        &a,
-    );
-
-    let b = phase(args, client, "b", outbound, Some(SERVICE)).await?;
-    summary("(b) through weft: every call is balanced on its own", &names, &b);
-
-    let slow = &replicas[2];
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", slow.app))?
+/// Makes the replica at `app` answer `ms` milliseconds later.
+async fn make_slow(app: SocketAddr, ms: u32) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{app}"))?
         .connect()
         .await?;
     SquareControlClient::new(channel)
         .set_behavior(Behavior {
-            delay_ms: args.slow_ms,
+            delay_ms: ms,
             ..Default::default()
         })
         .await
         .context("making square-2 slow")?;
-    let c = phase(args, client, "c", outbound, Some(SERVICE)).await?;
-    summary(
-        &format!(
-            "(c) through weft, {} now {} ms slower: peak-EWMA moves traffic away from it",
-            slow.name, args.slow_ms
-        ),
-        &names,
-        &c,
-    );
     Ok(())
 }
 

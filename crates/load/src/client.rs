@@ -18,28 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::report::Recorder;
-
-/// How one call ended.
-pub type CallResult = Result<String, CallError>;
-
-/// A failed call: its gRPC code, or `transport` when no status arrived.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CallError {
-    Grpc(u16),
-    Transport,
-    Timeout,
-}
-
-impl CallError {
-    pub fn label(&self) -> String {
-        match self {
-            CallError::Grpc(c) => c.to_string(),
-            CallError::Transport => "transport".into(),
-            CallError::Timeout => "timeout".into(),
-        }
-    }
-}
+use crate::report::{CallError, CallResult, Recorder};
 
 /// A request body: one whole message, or a channel of messages (streams).
 pub enum ReqBody {

@@ -14,8 +14,8 @@
 //! with a pre-encoded request, so that the generator spends as little CPU
 //! per call as it can. Latencies go into an HDR histogram (µs).
 
-pub mod client;
-pub mod report;
+mod client;
+mod report;
 
 use std::{
     net::SocketAddr,
@@ -26,7 +26,7 @@ use std::{
 use tokio::time::Instant;
 
 use report::Recorder;
-pub use report::Summary;
+pub use report::{Summary, stderr_is_terminal};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -65,79 +65,26 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     let progress = opts
         .progress
         .then(|| tokio::spawn(report::progress(recorder.clone(), measure_from, end)));
-    let call = Arc::new(client::UnaryCall::new(&authority, opts.timeout));
-
+    let run = Run {
+        call: Arc::new(client::UnaryCall::new(&authority, opts.timeout)),
+        conns,
+        recorder: recorder.clone(),
+        started,
+        measure_from,
+        end,
+    };
     let kind = match opts.load {
         Load::Open { rate } => {
-            // A pacer thread keeps the schedule: tokio's timer ticks in whole
-            // milliseconds, which would add up to 1 ms to every latency
-            // measured from the intended start.
-            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-            let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
-            let (start_std, end_std) = (started.into_std(), end.into_std());
-            std::thread::spawn(move || {
-                let mut i: u64 = 0;
-                loop {
-                    let intended = start_std + interval.mul_f64(i as f64);
-                    if intended >= end_std {
-                        return;
-                    }
-                    let now = std::time::Instant::now();
-                    if intended > now {
-                        std::thread::sleep(intended - now);
-                    }
-                    if tx.send((i, Instant::from_std(intended))).is_err() {
-                        return;
-                    }
-                    i += 1;
-                }
-            });
-            let mut tasks = tokio::task::JoinSet::new();
-            // WEFT_LOAD_SLOW_MS=n: print each call slower than n ms (for
-            // finding where a tail comes from).
-            let slow_log = std::env::var("WEFT_LOAD_SLOW_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_millis);
-            while let Some((i, intended)) = ticks.recv().await {
-                let mut sender = conns[(i as usize) % conns.len()].clone();
-                let (call, recorder) = (call.clone(), recorder.clone());
-                tasks.spawn(async move {
-                    let result = call.send(&mut sender).await;
-                    if intended >= measure_from {
-                        let took = intended.elapsed();
-                        if slow_log.is_some_and(|t| took >= t) {
-                            eprintln!("slow call: {took:?}, intended at +{:?}, {result:?}", intended - started);
-                        }
-                        report::lock(&recorder).record(took, result);
-                    }
-                });
-                // Reap finished calls now and then so the set stays small.
-                while tasks.try_join_next().is_some() {}
-            }
-            drain(tasks, opts.timeout).await;
+            run.open_loop(rate, opts.timeout).await;
             format!("open loop, {rate} calls/s")
         }
         Load::Closed { workers } => {
-            let mut tasks = tokio::task::JoinSet::new();
-            for w in 0..workers.max(1) {
-                let mut sender = conns[w % conns.len()].clone();
-                let (call, recorder) = (call.clone(), recorder.clone());
-                tasks.spawn(async move {
-                    while Instant::now() < end {
-                        let sent = Instant::now();
-                        let result = call.send(&mut sender).await;
-                        if sent >= measure_from {
-                            report::lock(&recorder).record(sent.elapsed(), result);
-                        }
-                    }
-                });
-            }
-            drain(tasks, opts.timeout + opts.duration + opts.warmup).await;
+            run.closed_loop(workers, opts.timeout + opts.duration + opts.warmup)
+                .await;
             format!("closed loop, {workers} workers")
         }
         Load::Streams { streams } => {
-            let held = client::open_streams(&conns, &authority, streams, opts.timeout, &recorder).await;
+            let held = client::open_streams(&run.conns, &authority, streams, opts.timeout, &recorder).await;
             eprintln!(
                 "weft-load: {} of {streams} streams open; holding them for {:?}",
                 held.len(),
@@ -154,7 +101,93 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
     }
     let measured = opts.duration.as_secs_f64();
     let r = report::lock(&recorder);
-    Ok(r.summary(&opts, &authority, kind, measured))
+    Ok(r.summary(opts.target, opts.connections, &authority, kind, measured))
+}
+
+/// One run's calls: what every call needs, and when to measure.
+struct Run {
+    call: Arc<client::UnaryCall>,
+    conns: Vec<client::Sender>,
+    recorder: Arc<Mutex<Recorder>>,
+    started: Instant,
+    /// Calls intended (open loop) or sent (closed loop) before this are warm-up.
+    measure_from: Instant,
+    end: Instant,
+}
+
+impl Run {
+    /// Calls at `rate` per second, each started on schedule whatever
+    /// happens to the others; latency counts from the intended start.
+    async fn open_loop(&self, rate: f64, timeout: Duration) {
+        // A pacer thread keeps the schedule: tokio's timer ticks in whole
+        // milliseconds, which would add up to 1 ms to every latency
+        // measured from the intended start.
+        let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        let (tx, mut ticks) = tokio::sync::mpsc::unbounded_channel();
+        let (start_std, end_std) = (self.started.into_std(), self.end.into_std());
+        std::thread::spawn(move || {
+            let mut i: u64 = 0;
+            loop {
+                let intended = start_std + interval.mul_f64(i as f64);
+                if intended >= end_std {
+                    return;
+                }
+                let now = std::time::Instant::now();
+                if intended > now {
+                    std::thread::sleep(intended - now);
+                }
+                if tx.send((i, Instant::from_std(intended))).is_err() {
+                    return;
+                }
+                i += 1;
+            }
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        // WEFT_LOAD_SLOW_MS=n: print each call slower than n ms (for
+        // finding where a tail comes from).
+        let slow_log = std::env::var("WEFT_LOAD_SLOW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis);
+        let (started, measure_from) = (self.started, self.measure_from);
+        while let Some((i, intended)) = ticks.recv().await {
+            let mut sender = self.conns[(i as usize) % self.conns.len()].clone();
+            let (call, recorder) = (self.call.clone(), self.recorder.clone());
+            tasks.spawn(async move {
+                let result = call.send(&mut sender).await;
+                if intended >= measure_from {
+                    let took = intended.elapsed();
+                    if slow_log.is_some_and(|t| took >= t) {
+                        eprintln!("slow call: {took:?}, intended at +{:?}, {result:?}", intended - started);
+                    }
+                    report::lock(&recorder).record(took, result);
+                }
+            });
+            // Reap finished calls now and then so the set stays small.
+            while tasks.try_join_next().is_some() {}
+        }
+        drain(tasks, timeout).await;
+    }
+
+    /// `workers` calls in flight, each sent when the one before finished.
+    async fn closed_loop(&self, workers: usize, timeout: Duration) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let (measure_from, end) = (self.measure_from, self.end);
+        for w in 0..workers.max(1) {
+            let mut sender = self.conns[w % self.conns.len()].clone();
+            let (call, recorder) = (self.call.clone(), self.recorder.clone());
+            tasks.spawn(async move {
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    let result = call.send(&mut sender).await;
+                    if sent >= measure_from {
+                        report::lock(&recorder).record(sent.elapsed(), result);
+                    }
+                }
+            });
+        }
+        drain(tasks, timeout).await;
+    }
 }
 
 async fn drain(mut tasks: tokio::task::JoinSet<()>, timeout: Duration) {

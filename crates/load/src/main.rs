@@ -77,7 +77,7 @@ fn main() -> std::process::ExitCode {
         progress: match args.progress.as_str() {
             "on" => true,
             "off" => false,
-            _ => weft_load::report::stderr_is_terminal(),
+            _ => weft_load::stderr_is_terminal(),
         },
     };
     // One thread: the generator is pinned to one core by the bench runner.

@@ -3,15 +3,35 @@
 use std::{
     collections::BTreeMap,
     io::IsTerminal,
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::{Options, client::CallResult};
+/// How one call ended.
+pub type CallResult = Result<String, CallError>;
+
+/// A failed call: its gRPC code, or `transport` when no status arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallError {
+    Grpc(u16),
+    Transport,
+    Timeout,
+}
+
+impl CallError {
+    pub fn label(&self) -> String {
+        match self {
+            CallError::Grpc(c) => c.to_string(),
+            CallError::Transport => "transport".into(),
+            CallError::Timeout => "timeout".into(),
+        }
+    }
+}
 
 /// Results as they come in.
 pub struct Recorder {
@@ -22,7 +42,7 @@ pub struct Recorder {
 }
 
 /// Latency percentiles, in microseconds.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
     pub p50: u64,
     pub p90: u64,
@@ -34,7 +54,7 @@ pub struct Percentiles {
 }
 
 /// The machine-readable result of a run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub target: String,
     pub authority: String,
@@ -108,12 +128,19 @@ impl Recorder {
         }
     }
 
-    pub fn summary(&self, opts: &Options, authority: &str, load: String, measured_s: f64) -> Summary {
+    pub fn summary(
+        &self,
+        target: SocketAddr,
+        connections: usize,
+        authority: &str,
+        load: String,
+        measured_s: f64,
+    ) -> Summary {
         Summary {
-            target: opts.target.to_string(),
+            target: target.to_string(),
             authority: authority.to_string(),
             load,
-            connections: opts.connections,
+            connections,
             duration_s: measured_s,
             calls: self.calls(),
             ok: self.ok,

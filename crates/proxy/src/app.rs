@@ -83,48 +83,14 @@ impl Proxy {
     /// else beside the data path.
     pub fn spawn(config: Config, listeners: Listeners, admin_runtime: Option<tokio::runtime::Handle>) -> Proxy {
         let (metrics, mut registry) = Metrics::new();
-        let discovery: Arc<dyn Discover> = match &config.discovery_file {
-            Some(path) => {
-                let m = metrics.clone();
-                Arc::new(FileDiscovery::spawn(path.clone(), move |_| {
-                    m.discovery_errors.inc();
-                }))
-            }
-            None => Arc::new(NoDiscovery),
-        };
-        let balance = BalanceParams {
-            algorithm: config.balancer,
-            default_rtt: config.ewma_default_rtt,
-            decay: config.ewma_decay,
-        };
-        let client = Arc::new(ClientParams {
-            connect_timeout: config.connect_timeout,
-            max_header_bytes: config.max_header_bytes,
-            metrics: metrics.clone(),
-            engine: config.h2_engine,
-        });
-        let outbound = Router::new(discovery, balance.clone(), client.clone(), config.balancer_idle_timeout);
-        // Inbound always forwards to the local app; discovery plays no part.
-        let inbound = Router::new(Arc::new(NoDiscovery), balance, client, config.balancer_idle_timeout);
-        let balancers: Balancers = {
-            let routers = [
-                (Direction::Outbound, Arc::downgrade(&outbound)),
-                (Direction::Inbound, Arc::downgrade(&inbound)),
-            ];
-            Arc::new(move || {
-                routers
-                    .iter()
-                    .filter_map(|(dir, r)| Some((*dir, r.upgrade()?)))
-                    .flat_map(|(dir, r)| r.views().into_iter().map(move |v| (dir, v)))
-                    .collect()
-            })
-        };
+        let (outbound, inbound) = routers(&config, &metrics);
+        let balancers = balancers(&outbound, &inbound);
         registry.register_collector(Box::new(BalancerCollector {
             balancers: balancers.clone(),
         }));
 
         let (drain_signal, drain_watch) = drain::channel();
-        let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, shutdown_rx) = mpsc::unbounded_channel();
         let ready = Arc::new(AtomicBool::new(true));
         let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let (outbound_addr, inbound_addr, admin_addr) = (
@@ -147,7 +113,8 @@ impl Proxy {
             let ctx = Arc::new(ServerCtx::new(side, inbound.clone(), metrics.clone(), &config));
             tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
         }
-        let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        drop(drain_watch);
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(l) = listeners.admin {
             let state = Arc::new(AdminState {
                 registry,
@@ -157,33 +124,25 @@ impl Proxy {
                 shutdown: shutdown_tx.clone(),
             });
             let fut = admin::serve(l, state, async move {
-                let _ = admin_stop_rx.await;
+                let _ = admin_stopped.await;
             });
             match admin_runtime {
                 Some(rt) => drop(rt.spawn(fut)),
                 None => drop(tokio::spawn(fut)),
             }
         }
-        drop(drain_watch);
 
-        let grace = config.shutdown_grace;
         let (draining_tx, draining) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            let _ = shutdown_rx.recv().await;
-            let _ = draining_tx.send(true);
-            tracing::info!(grace = ?grace, "draining: no new connections; in-flight requests may finish");
-            ready.store(false, std::sync::atomic::Ordering::Relaxed);
-            let clean = drain_signal.drain(grace).await;
-            if clean {
-                tracing::info!("drained");
-            } else {
-                tracing::warn!("shutdown grace period passed with connections still open; closing them");
-            }
-            let _ = admin_stop_tx.send(());
-            // Keep the routers (and their connections) alive until the end.
-            drop((outbound, inbound));
-            clean
-        });
+        let stop = Stop {
+            requested: shutdown_rx,
+            draining: draining_tx,
+            ready,
+            drain: drain_signal,
+            grace: config.shutdown_grace,
+            admin: admin_stop,
+        };
+        // The routers (and their connections) live until the drain is over.
+        let task = tokio::spawn(stop.run((outbound, inbound)));
         Proxy {
             outbound_addr,
             inbound_addr,
@@ -210,4 +169,80 @@ impl Proxy {
     pub async fn wait(self) -> bool {
         self.task.await.unwrap_or(false)
     }
+}
+
+/// What the proxy does when asked to stop.
+struct Stop {
+    requested: mpsc::UnboundedReceiver<()>,
+    draining: tokio::sync::watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    drain: drain::Signal,
+    grace: std::time::Duration,
+    admin: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Stop {
+    /// Waits for a shutdown request, then drains: readiness turns 503,
+    /// listeners stop, connections finish (up to the grace period), admin
+    /// stops last. `true` when everything finished in time.
+    async fn run(mut self, keep: impl Send) -> bool {
+        let _ = self.requested.recv().await;
+        let _ = self.draining.send(true);
+        tracing::info!(grace = ?self.grace, "draining: no new connections; in-flight requests may finish");
+        self.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        let clean = self.drain.drain(self.grace).await;
+        if clean {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!("shutdown grace period passed with connections still open; closing them");
+        }
+        let _ = self.admin.send(());
+        drop(keep);
+        clean
+    }
+}
+
+/// The outbound router (over discovery) and the inbound one (always the
+/// local app: discovery plays no part).
+fn routers(config: &Config, metrics: &Arc<Metrics>) -> (Arc<Router>, Arc<Router>) {
+    let discovery: Arc<dyn Discover> = match &config.discovery_file {
+        Some(path) => {
+            let m = metrics.clone();
+            Arc::new(FileDiscovery::spawn(path.clone(), move |_| {
+                m.discovery_errors.inc();
+            }))
+        }
+        None => Arc::new(NoDiscovery),
+    };
+    let balance = BalanceParams {
+        algorithm: config.balancer,
+        default_rtt: config.ewma_default_rtt,
+        decay: config.ewma_decay,
+    };
+    let client = Arc::new(ClientParams {
+        connect_timeout: config.connect_timeout,
+        max_header_bytes: config.max_header_bytes,
+        metrics: metrics.clone(),
+        engine: config.h2_engine,
+    });
+    let idle = config.balancer_idle_timeout;
+    let outbound = Router::new(discovery, balance.clone(), client.clone(), idle);
+    let inbound = Router::new(Arc::new(NoDiscovery), balance, client, idle);
+    (outbound, inbound)
+}
+
+/// Every balancer's state, read by admin and the metrics collector (which
+/// do not keep the routers alive).
+fn balancers(outbound: &Arc<Router>, inbound: &Arc<Router>) -> Balancers {
+    let routers = [
+        (Direction::Outbound, Arc::downgrade(outbound)),
+        (Direction::Inbound, Arc::downgrade(inbound)),
+    ];
+    Arc::new(move || {
+        routers
+            .iter()
+            .filter_map(|(dir, r)| Some((*dir, r.upgrade()?)))
+            .flat_map(|(dir, r)| r.views().into_iter().map(move |v| (dir, v)))
+            .collect()
+    })
 }

@@ -19,49 +19,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    let filter = match config.log.parse::<tracing_subscriber::filter::Targets>() {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: invalid value '{}' for '--log <LOG>': {e}", config.log);
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    {
-        use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_target(false)
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-            )
-            .with(filter)
-            .init();
+    if let Err(e) = init_logging(&config.log) {
+        eprintln!("error: invalid value '{}' for '--log <LOG>': {e}", config.log);
+        return ExitCode::from(EXIT_CONFIG);
     }
-
-    let runtime = if config.threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(usize::from(config.threads))
-            .thread_name("weft-data")
-            .enable_all()
-            .build()
-    };
-    let runtime = match runtime {
+    let (runtime, admin) = match runtimes(config.threads) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Admin (metrics scrapes, readiness) gets a small runtime of its own, so
-    // it never competes with the data path's tasks and stays responsive when
-    // the data path is busy.
-    let admin = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the admin runtime: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -74,6 +39,7 @@ fn main() -> ExitCode {
     });
 
     let code = runtime.block_on(async move {
+        let signals = Signals::install();
         let listeners = match Listeners::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
@@ -89,7 +55,7 @@ fn main() -> ExitCode {
             admin = ?proxy.admin_addr,
             "listening"
         );
-        wait_for_signal(&proxy).await;
+        signals.wait(&proxy).await;
         if proxy.wait().await {
             ExitCode::SUCCESS
         } else {
@@ -103,18 +69,69 @@ fn main() -> ExitCode {
     code
 }
 
-/// Starts the drain on SIGTERM or SIGINT (or returns when admin /shutdown
-/// has already started it).
-async fn wait_for_signal(proxy: &Proxy) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::warn!("cannot install signal handlers; stop the proxy with POST /shutdown");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-        _ = proxy.closed() => return,
+/// Logs to stderr through the `--log` filter.
+fn init_logging(filter: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
+    let filter = filter.parse::<tracing_subscriber::filter::Targets>()?;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
+        .init();
+    Ok(())
+}
+
+/// The data path's runtime (current-thread for one thread, a sidecar's
+/// usual budget), and a small one for admin, so that scrapes and readiness
+/// checks never compete with the data path and stay responsive when it is
+/// busy.
+fn runtimes(threads: u16) -> Result<(tokio::runtime::Runtime, tokio::runtime::Runtime), String> {
+    let data = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(threads))
+            .thread_name("weft-data")
+            .enable_all()
+            .build()
     }
-    proxy.shutdown();
+    .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let admin = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the admin runtime: {e}"))?;
+    Ok((data, admin))
+}
+
+/// SIGTERM and SIGINT, caught from before the listeners are bound: a signal
+/// that arrives while the proxy starts drains it rather than killing it.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop the proxy with POST /shutdown");
+                Signals(None)
+            }
+        }
+    }
+
+    /// Starts the drain on SIGTERM or SIGINT (or returns when admin
+    /// /shutdown has already started it).
+    async fn wait(self, proxy: &Proxy) {
+        let Some((mut term, mut int)) = self.0 else { return };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+            _ = proxy.closed() => return,
+        }
+        proxy.shutdown();
+    }
 }

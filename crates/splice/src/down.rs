@@ -101,6 +101,40 @@ struct Stream<D: Dispatch> {
     x: Exchange<D>,
 }
 
+impl<D: Dispatch> Stream<D> {
+    /// A new stream whose request (so far: its head, and all of it when
+    /// `end`) waits for an endpoint; `send_window` is the client's initial
+    /// stream window.
+    fn new(key: StreamKey, reply: DownTx, head: Arc<[Field]>, end: bool, send_window: u32, x: Exchange<D>) -> Self {
+        let open = Box::new(Open {
+            key,
+            reply,
+            head: head.clone(),
+            body: Vec::new(),
+            trailers: None,
+            end,
+        });
+        Stream {
+            key,
+            up: Upstream::Waiting(open),
+            replay: Some(Replay {
+                head,
+                body: Vec::new(),
+                size: 0,
+                trailers: None,
+            }),
+            client_done: end,
+            recv_window: i64::from(crate::STREAM_WINDOW),
+            client_credit: 0,
+            send_window: i64::from(send_window),
+            out: VecDeque::new(),
+            head_sent: false,
+            up_credit: 0,
+            x,
+        }
+    }
+}
+
 /// A waiting request's endpoint, from the task that waited for it.
 type Picked<D> = (u32, Result<<D as Dispatch>::Pick, <D as Dispatch>::Error>);
 /// The channel those answers come back on.

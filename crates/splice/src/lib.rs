@@ -31,7 +31,7 @@
 //!                 the layer above (weft-proxy)
 //! ```
 
-pub mod dispatch;
+mod dispatch;
 pub mod down;
 pub mod frame;
 pub mod grpc;

@@ -138,20 +138,7 @@ async fn an_app_dialling_the_service_ip_is_balanced_by_weft() {
 
     // Three replicas on the host side of the veth, and a server-speaks-first
     // service on an opaque port.
-    let mut replicas = Vec::new();
-    let mut endpoints = String::new();
-    for i in 0..3 {
-        let port = process::free_port();
-        let addr: SocketAddr = format!("{}:{port}", ns.host_ip).parse().unwrap();
-        let child = Command::new(bin_path("square"))
-            .args(["--listen", &addr.to_string(), "--name", &format!("square-{i}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        replicas.push(Killed(child));
-        process::wait_listening(addr).await;
-        endpoints.push_str(&format!("      - address: {addr}\n        name: square-{i}\n"));
-    }
+    let (_replicas, endpoints) = start_replicas(&ns).await;
     let vip = "10.96.77.10:80";
     let dir = tempfile::tempdir().unwrap();
     let mesh = dir.path().join("mesh.yaml");
@@ -164,69 +151,11 @@ async fn an_app_dialling_the_service_ip_is_balanced_by_weft() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&mesh, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let banner_addr = start_banner(&ns).await;
+    let proxy = start_proxy(&ns, &mesh, banner_addr.port());
 
-    let banner = tokio::net::TcpListener::bind(format!("{}:0", ns.host_ip))
-        .await
-        .unwrap();
-    let banner_addr = banner.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        while let Ok((mut s, _)) = banner.accept().await {
-            tokio::spawn(async move {
-                s.write_all(b"HELLO\n").await.unwrap();
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-
-    let proxy = Killed(
-        ns.exec(std::path::Path::new("setpriv"))
-            .args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
-            .arg(bin_path("weft-proxy"))
-            .args([
-                "--outbound-listen",
-                "127.0.0.1:4140",
-                "--inbound-listen",
-                "off",
-                "--admin-listen",
-                "127.0.0.1:4191",
-            ])
-            .args(["--discovery-file", mesh.to_str().unwrap()])
-            .args([
-                "--opaque-ports",
-                &banner_addr.port().to_string(),
-                "--detect-timeout",
-                "3s",
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     // The app: a plain gRPC client that knows nothing of weft, dialling the VIP.
-    let client = bin_path("square-client");
-    let out = weft_test_support::eventually("the app's calls to go through", Duration::from_secs(10), || {
-        let mut cmd = ns.exec(&client);
-        cmd.args([
-            "--target",
-            vip,
-            "--count",
-            "600",
-            "--concurrency",
-            "4",
-            "--timeout-ms",
-            "5000",
-        ]);
-        async move {
-            let out = tokio::task::spawn_blocking(move || cmd.output())
-                .await
-                .unwrap()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            (out.status.success() && !text.contains("\"error\"") && text.lines().count() == 600).then_some(text)
-        }
-    })
-    .await;
+    let out = app_calls(&ns, vip).await;
     let hosts: Vec<String> = out
         .lines()
         .map(|l| {
@@ -248,6 +177,125 @@ async fn an_app_dialling_the_service_ip_is_balanced_by_weft() {
 
     // Opaque, server-speaks-first: the banner arrives at once (the port skips
     // detection), and binary data round-trips byte for byte.
+    let out = opaque_round_trip(&ns, banner_addr);
+    assert!(
+        out.status.success(),
+        "opaque check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let waited: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(waited < 1.0, "the banner took {waited}s (detection would wait 3s)");
+
+    // The proxy saw both: balanced h2 requests and an opaque connection.
+    let m = proxy_metrics(&ns);
+    assert!(
+        weft_test_support::metric(&m, "weft_detect_total", &[("outcome", "opaque_port")]) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        weft_test_support::metric(
+            &m,
+            "weft_requests_total",
+            &[("target", "square.default:80"), ("grpc_method", "Square")]
+        ) >= 600.0,
+        "{m}"
+    );
+    drop(proxy);
+}
+
+/// Three square replicas on the host side of the veth; their lines for the
+/// discovery file.
+async fn start_replicas(ns: &Netns) -> (Vec<Killed>, String) {
+    let mut replicas = Vec::new();
+    let mut endpoints = String::new();
+    for i in 0..3 {
+        let port = process::free_port();
+        let addr: SocketAddr = format!("{}:{port}", ns.host_ip).parse().unwrap();
+        let child = Command::new(bin_path("square"))
+            .args(["--listen", &addr.to_string(), "--name", &format!("square-{i}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        replicas.push(Killed(child));
+        process::wait_listening(addr).await;
+        endpoints.push_str(&format!("      - address: {addr}\n        name: square-{i}\n"));
+    }
+    (replicas, endpoints)
+}
+
+/// A server-speaks-first service: says HELLO, then echoes.
+async fn start_banner(ns: &Netns) -> SocketAddr {
+    let banner = tokio::net::TcpListener::bind(format!("{}:0", ns.host_ip))
+        .await
+        .unwrap();
+    let banner_addr = banner.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = banner.accept().await {
+            tokio::spawn(async move {
+                s.write_all(b"HELLO\n").await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    banner_addr
+}
+
+/// weft-proxy in the namespace, as its own unprivileged UID (exempted from
+/// the redirect), with the banner's port marked opaque.
+fn start_proxy(ns: &Netns, mesh: &std::path::Path, opaque_port: u16) -> Killed {
+    Killed(
+        ns.exec(std::path::Path::new("setpriv"))
+            .args(["--reuid", PROXY_UID, "--regid", PROXY_UID, "--clear-groups"])
+            .arg(bin_path("weft-proxy"))
+            .args([
+                "--outbound-listen",
+                "127.0.0.1:4140",
+                "--inbound-listen",
+                "off",
+                "--admin-listen",
+                "127.0.0.1:4191",
+            ])
+            .args(["--discovery-file", mesh.to_str().unwrap()])
+            .args(["--opaque-ports", &opaque_port.to_string(), "--detect-timeout", "3s"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// 600 calls from a plain gRPC client in the namespace, dialling the VIP;
+/// its JSON lines once all of them went through.
+async fn app_calls(ns: &Netns, vip: &'static str) -> String {
+    let client = bin_path("square-client");
+    weft_test_support::eventually("the app's calls to go through", Duration::from_secs(10), || {
+        let mut cmd = ns.exec(&client);
+        cmd.args([
+            "--target",
+            vip,
+            "--count",
+            "600",
+            "--concurrency",
+            "4",
+            "--timeout-ms",
+            "5000",
+        ]);
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output())
+                .await
+                .unwrap()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            (out.status.success() && !text.contains("\"error\"") && text.lines().count() == 600).then_some(text)
+        }
+    })
+    .await
+}
+
+/// From the namespace: the banner's wait (printed, in seconds), then 1 MiB
+/// of binary through the opaque connection and back.
+fn opaque_round_trip(ns: &Netns, banner_addr: SocketAddr) -> std::process::Output {
     let script = format!(
         r#"
 import socket, time, os, sys
@@ -270,20 +318,14 @@ print(f"{{waited:.3f}}")
         ip = banner_addr.ip(),
         port = banner_addr.port()
     );
-    let out = ns
-        .exec(std::path::Path::new("python3"))
+    ns.exec(std::path::Path::new("python3"))
         .args(["-c", &script])
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "opaque check failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let waited: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    assert!(waited < 1.0, "the banner took {waited}s (detection would wait 3s)");
+        .unwrap()
+}
 
-    // The proxy saw both: balanced h2 requests and an opaque connection.
+/// The proxy's /metrics, read from inside the namespace.
+fn proxy_metrics(ns: &Netns) -> String {
     let metrics = ns
         .exec(std::path::Path::new("python3"))
         .args([
@@ -292,18 +334,5 @@ print(f"{{waited:.3f}}")
         ])
         .output()
         .unwrap();
-    let m = String::from_utf8_lossy(&metrics.stdout);
-    assert!(
-        weft_test_support::metric(&m, "weft_detect_total", &[("outcome", "opaque_port")]) >= 1.0,
-        "{m}"
-    );
-    assert!(
-        weft_test_support::metric(
-            &m,
-            "weft_requests_total",
-            &[("target", "square.default:80"), ("grpc_method", "Square")]
-        ) >= 600.0,
-        "{m}"
-    );
-    drop(proxy);
+    String::from_utf8_lossy(&metrics.stdout).to_string()
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use hyper::{Request, Response, body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 use super::{ConnState, Endpoint, SendFailure, connect::BACKOFF_BASE};
 use crate::{
@@ -39,11 +40,13 @@ impl Http1Lease {
 }
 
 impl Endpoint {
-    /// Sends a request over a pooled HTTP/1.1 connection.
+    /// Sends a request over a pooled HTTP/1.1 connection. Also returns when
+    /// the request went out on its connection: a latency sample must not
+    /// include the time to open one.
     pub(crate) async fn send_http1(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Http1Lease), SendFailure> {
+    ) -> Result<(Response<Incoming>, Http1Lease, Instant), SendFailure> {
         loop {
             let pooled = lock(&self.idle_http1).pop();
             let mut sender = match pooled {
@@ -62,15 +65,14 @@ impl Endpoint {
             if sender.ready().await.is_err() {
                 continue; // closed while idle; try another
             }
+            let sent = Instant::now();
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Http1Lease {
-                            endpoint: self.clone(),
-                            sender: Some(sender),
-                        },
-                    ));
+                    let lease = Http1Lease {
+                        endpoint: self.clone(),
+                        sender: Some(sender),
+                    };
+                    return Ok((resp, lease, sent));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,

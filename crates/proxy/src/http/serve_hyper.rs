@@ -21,9 +21,11 @@ use weft_splice::grpc;
 pub(crate) use body::ProxyBody;
 use body::{Finisher, ObservedBody};
 
-use super::{Head, Memo, RequestPath};
+use super::{Call, Head, Memo, RequestPath};
 use crate::{
+    balance::InFlight,
     core::{ConnMeta, Proto, lock},
+    endpoint::Http1Lease,
     error::{ProxyError, chain, find_h2_reason},
     transport::PrefixedIo,
 };
@@ -147,27 +149,7 @@ async fn handle(
         strip_hop_by_hop(req.headers_mut());
     }
     let deadline = call.deadline();
-    let forward = async {
-        let mut req = req;
-        // A request that never left the proxy (its connection closed under
-        // it) is sent again to another endpoint, a few times.
-        loop {
-            let pick = path.pick(&call).await?;
-            let ep = pick.endpoint().clone();
-            let sent = Instant::now();
-            let result = match conn.proto {
-                Proto::Http1 => ep.send_http1(req).await.map(|(r, lease)| (r, Some(lease))),
-                _ => ep.send_h2(req).await.map(|r| (r, None)),
-            };
-            match result {
-                Ok((resp, lease)) => return Ok((resp, pick, lease, sent)),
-                Err(f) => match f.request {
-                    Some(r) if call.resend() => req = r,
-                    _ => return Err(f.error),
-                },
-            }
-        }
-    };
+    let forward = send(conn, req, &mut call, path);
     let result = match deadline {
         Some((at, budget)) => tokio::time::timeout_at(at, forward)
             .await
@@ -196,6 +178,38 @@ async fn handle(
     };
     let body = ObservedBody::new(incoming, finisher, deadline);
     Response::from_parts(parts, ProxyBody::Upstream(body))
+}
+
+/// What came back from the endpoint a request was sent to.
+type Sent = (Response<Incoming>, InFlight, Option<Http1Lease>, Instant);
+
+/// Picks an endpoint and sends the request there. A request that never
+/// left the proxy (its connection closed under it) is sent again to
+/// another endpoint, a few times.
+async fn send(
+    conn: &ConnMeta,
+    mut req: Request<Incoming>,
+    call: &mut Call,
+    path: &RequestPath,
+) -> Result<Sent, ProxyError> {
+    loop {
+        let pick = path.pick(call).await?;
+        let ep = pick.endpoint().clone();
+        let result = match conn.proto {
+            Proto::Http1 => ep.send_http1(req).await.map(|(r, lease, sent)| (r, Some(lease), sent)),
+            _ => {
+                let sent = Instant::now();
+                ep.send_h2(req).await.map(|r| (r, None, sent))
+            }
+        };
+        match result {
+            Ok((resp, lease, sent)) => return Ok((resp, pick, lease, sent)),
+            Err(f) => match f.request {
+                Some(r) if call.resend() => req = r,
+                _ => return Err(f.error),
+            },
+        }
+    }
 }
 
 /// The request's `:authority` (HTTP/2) or `Host` (HTTP/1.1), if any.

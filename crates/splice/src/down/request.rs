@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{Down, Exchange, Replay, Stream, Upstream};
+use super::{Down, Exchange, Stream, Upstream};
 use crate::{
-    ConnError, Dispatch, Failure, Field, Open, RequestHead, STREAM_WINDOW, StreamKey, ToUp,
+    ConnError, Dispatch, Failure, Field, RequestHead, StreamKey, ToUp,
     frame::{self, code},
     grpc, is_connection_specific, wire,
 };
@@ -125,38 +125,14 @@ impl<D: Dispatch> Down<D> {
             stream: id,
         };
         let head: Arc<[Field]> = fields.drain(..).collect();
-        let open = Box::new(Open {
-            key,
-            reply: self.tx.clone(),
-            head: head.clone(),
-            body: Vec::new(),
-            trailers: None,
-            end,
-        });
-        let stream = Stream {
-            key,
-            up: Upstream::Waiting(open),
-            replay: Some(Replay {
-                head,
-                body: Vec::new(),
-                size: 0,
-                trailers: None,
-            }),
-            client_done: end,
-            recv_window: i64::from(STREAM_WINDOW),
-            client_credit: 0,
-            send_window: i64::from(self.wire.peer.initial_window_size),
-            out: Default::default(),
-            head_sent: false,
-            up_credit: 0,
-            x: Exchange {
-                call,
-                pick: None,
-                grpc,
-                sent: start,
-                deadline,
-            },
+        let x = Exchange {
+            call,
+            pick: None,
+            grpc,
+            sent: start,
+            deadline,
         };
+        let stream = Stream::new(key, self.tx.clone(), head, end, self.wire.peer.initial_window_size, x);
         self.streams.insert(id, stream);
         self.dispatch_stream(id, None);
         Ok(())

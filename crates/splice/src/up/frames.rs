@@ -41,22 +41,7 @@ impl Up {
             kind::DATA => self.on_data(&head, payload),
             kind::RST_STREAM => {
                 let code = wire::rst_code(&payload)?;
-                if let Some(s) = self.streams.remove(&head.stream) {
-                    self.by_key.remove(&s.key);
-                    if code == code::REFUSED_STREAM && !s.head_seen {
-                        // Refused streams were not processed (RFC 9113 §8.7).
-                        self.bounce(&s.reply, s.key.stream, "the endpoint refused the stream");
-                        self.open_queued();
-                        return Ok(());
-                    }
-                    let detail = format!("endpoint {} reset the stream ({})", self.addr, reason(code));
-                    let _ = s.reply.send(ToDown::Reset {
-                        stream: s.key.stream,
-                        code,
-                        detail,
-                    });
-                    self.open_queued();
-                }
+                self.on_reset(head.stream, code);
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
@@ -70,31 +55,56 @@ impl Up {
                 }
                 Ok(())
             }
-            kind::GOAWAY => {
-                if payload.len() < 8 {
-                    return Err(ConnError::new(code::FRAME_SIZE_ERROR, "GOAWAY size"));
-                }
-                let last = u32::from_be_bytes([payload[0] & 0x7f, payload[1], payload[2], payload[3]]);
-                self.goaway = Some(last);
-                // The endpoint stops sending new requests here at once.
-                self.going_away.store(true, Ordering::Relaxed);
-                // Streams above `last` were never processed: send them again elsewhere.
-                let above: Vec<u32> = self.streams.keys().copied().filter(|id| *id > last).collect();
-                for id in above {
-                    if let Some(s) = self.streams.remove(&id) {
-                        self.by_key.remove(&s.key);
-                        // Above the GOAWAY's last stream: not processed.
-                        self.bounce(&s.reply, s.key.stream, "the endpoint is going away");
-                    }
-                }
-                while let Some(q) = self.queue.pop_front() {
-                    self.bounce(&q.open.reply, q.open.key.stream, "the endpoint is going away");
-                }
-                Ok(())
-            }
+            kind::GOAWAY => self.on_goaway(&payload),
             kind::PUSH_PROMISE => Err(ConnError::new(code::PROTOCOL_ERROR, "PUSH_PROMISE with push disabled")),
             _ => Ok(()), // unknown frame types are ignored
         }
+    }
+
+    /// The endpoint reset a stream: a refused one was never processed and
+    /// may go elsewhere; any other reset reaches the client.
+    fn on_reset(&mut self, id: u32, code: u32) {
+        if let Some(s) = self.streams.remove(&id) {
+            self.by_key.remove(&s.key);
+            if code == code::REFUSED_STREAM && !s.head_seen {
+                // Refused streams were not processed (RFC 9113 §8.7).
+                self.bounce(&s.reply, s.key.stream, "the endpoint refused the stream");
+                self.open_queued();
+                return;
+            }
+            let detail = format!("endpoint {} reset the stream ({})", self.addr, reason(code));
+            let _ = s.reply.send(ToDown::Reset {
+                stream: s.key.stream,
+                code,
+                detail,
+            });
+            self.open_queued();
+        }
+    }
+
+    /// The endpoint goes away: it takes no new streams, and those above its
+    /// last stream id (and the queued ones) were never processed.
+    fn on_goaway(&mut self, payload: &[u8]) -> Result<(), ConnError> {
+        if payload.len() < 8 {
+            return Err(ConnError::new(code::FRAME_SIZE_ERROR, "GOAWAY size"));
+        }
+        let last = u32::from_be_bytes([payload[0] & 0x7f, payload[1], payload[2], payload[3]]);
+        self.goaway = Some(last);
+        // The endpoint stops sending new requests here at once.
+        self.going_away.store(true, Ordering::Relaxed);
+        // Streams above `last` were never processed: send them again elsewhere.
+        let above: Vec<u32> = self.streams.keys().copied().filter(|id| *id > last).collect();
+        for id in above {
+            if let Some(s) = self.streams.remove(&id) {
+                self.by_key.remove(&s.key);
+                // Above the GOAWAY's last stream: not processed.
+                self.bounce(&s.reply, s.key.stream, "the endpoint is going away");
+            }
+        }
+        while let Some(q) = self.queue.pop_front() {
+            self.bounce(&q.open.reply, q.open.key.stream, "the endpoint is going away");
+        }
+        Ok(())
     }
 
     pub(super) fn on_headers(&mut self, block: wire::Partial) -> Result<(), ConnError> {

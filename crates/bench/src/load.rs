@@ -1,0 +1,85 @@
+//! The load: `weft-load` runs (pinned to the load core, JSON summaries),
+//! and `h2load` for a second, cheaper max-throughput figure.
+
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+use weft_load::Summary;
+
+use crate::{
+    procs::{self, LOAD_CORE},
+    target::{Bins, SERVICE},
+};
+
+/// The `weft-load` command line for `port` with extra arguments.
+fn argv(bins: &Bins, port: u16, args: &[String]) -> Vec<String> {
+    let mut argv = vec![
+        bins.get("weft-load"),
+        "--target".into(),
+        format!("127.0.0.1:{port}"),
+        "--authority".into(),
+        SERVICE.into(),
+        "--json".into(),
+        "--progress".into(),
+        "off".into(),
+    ];
+    argv.extend(args.iter().cloned());
+    argv
+}
+
+/// Runs `weft-load` to completion and returns its summary.
+pub fn run(bins: &Bins, port: u16, args: &[String]) -> anyhow::Result<Summary> {
+    let out = Command::new("taskset")
+        .arg("-c")
+        .arg(LOAD_CORE)
+        .args(argv(bins, port, args))
+        .output()
+        .context("cannot run weft-load")?;
+    if !out.status.success() {
+        bail!("weft-load failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("weft-load printed no summary")
+}
+
+/// Starts `weft-load` in the background (its summary read by [`finish`]).
+pub fn spawn(bins: &Bins, port: u16, args: &[String]) -> anyhow::Result<Child> {
+    Command::new("taskset")
+        .arg("-c")
+        .arg(LOAD_CORE)
+        .args(argv(bins, port, args))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start weft-load")
+}
+
+/// Waits for a background `weft-load` and reads its summary.
+pub fn finish(child: Child) -> anyhow::Result<Summary> {
+    let out = child.wait_with_output()?;
+    serde_json::from_slice(&out.stdout).context("weft-load printed no summary")
+}
+
+/// Max throughput with h2load (calls/s), or `None` without h2load.
+pub fn h2load(port: u16, seconds: f64, conns: usize, streams: usize) -> Option<f64> {
+    if !procs::have("h2load") {
+        return None;
+    }
+    // A 5-byte gRPC prefix and the message Input{value: 7}.
+    let body = std::env::temp_dir().join("weft-bench-body.grpc");
+    std::fs::write(&body, [0, 0, 0, 0, 2, 0x08, 0x07]).ok()?;
+    let out = Command::new("taskset")
+        .args(["-c", LOAD_CORE, "h2load"])
+        .args(["-c", &conns.to_string(), "-m", &streams.to_string()])
+        .args(["-D", &seconds.to_string(), "--warm-up-time", "1"])
+        .args(["-d", &body.display().to_string()])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args(["-H", &format!(":authority: {SERVICE}")])
+        .arg(format!("http://127.0.0.1:{port}/square.Square/Square"))
+        .output()
+        .ok()?;
+    // "finished in 5.00s, 40077.20 req/s, ..."
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse().ok())
+}

@@ -1,0 +1,335 @@
+//! The targets a run compares: a direct call to one replica, weft with one
+//! and two hops, HAProxy (round-robin and least-connection) and nginx,
+//! each configured fairly (see shared/BENCHMARKING.md), sharing one core
+//! with the three `square` replicas.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+};
+
+use anyhow::{Context, bail};
+
+use crate::procs::{self, SERVER_CORE};
+
+/// How many `square` replicas serve every target.
+pub const REPLICAS: usize = 3;
+/// The authority clients name.
+pub const SERVICE: &str = "square.demo:50051";
+
+/// What a target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Weft { hops: u8 },
+    HAProxy { balance: &'static str },
+    Nginx,
+}
+
+impl Kind {
+    /// A target's kind from its name; a weft target may name another build
+    /// of the proxy after `@` (`weft-1hop@before`, see `--proxy-as`).
+    pub fn parse(name: &str) -> anyhow::Result<Kind> {
+        let (base, build) = match name.split_once('@') {
+            Some((base, build)) => (base, Some(build)),
+            None => (name, None),
+        };
+        let kind = Kind::parse_base(base)?;
+        if build.is_some() && !matches!(kind, Kind::Weft { .. }) {
+            bail!("`{name}`: only weft targets take another build after @");
+        }
+        Ok(kind)
+    }
+
+    fn parse_base(name: &str) -> anyhow::Result<Kind> {
+        Ok(match name {
+            "direct" => Kind::Direct,
+            "weft-1hop" => Kind::Weft { hops: 1 },
+            "weft-2hop" => Kind::Weft { hops: 2 },
+            "haproxy-rr" => Kind::HAProxy { balance: "roundrobin" },
+            "haproxy-lc" => Kind::HAProxy { balance: "leastconn" },
+            "nginx" => Kind::Nginx,
+            other => bail!("unknown target `{other}` (direct, weft-1hop, weft-2hop, haproxy-rr, haproxy-lc, nginx)"),
+        })
+    }
+}
+
+/// The binaries a run uses.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    /// Where `square`, `square-client` and `weft-load` are.
+    pub dir: PathBuf,
+    /// The weft-proxy under test.
+    pub proxy: PathBuf,
+    /// Other builds of weft-proxy, by the name targets give them after `@`.
+    pub other_proxies: BTreeMap<String, PathBuf>,
+}
+
+impl Bins {
+    pub fn get(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// The weft-proxy build a target runs.
+    pub fn proxy_for(&self, target: &str) -> anyhow::Result<&Path> {
+        match target.split_once('@') {
+            None => Ok(&self.proxy),
+            Some((_, build)) => self
+                .other_proxies
+                .get(build)
+                .map(PathBuf::as_path)
+                .with_context(|| format!("target `{target}`: no --proxy-as {build}=PATH")),
+        }
+    }
+}
+
+/// The three `square` replicas every target balances over.
+pub struct Replicas {
+    pub ports: Vec<u16>,
+    procs: Vec<Child>,
+    bins: Bins,
+}
+
+impl Replicas {
+    pub fn start(bins: &Bins) -> anyhow::Result<Replicas> {
+        let mut r = Replicas {
+            ports: Vec::new(),
+            procs: Vec::new(),
+            bins: bins.clone(),
+        };
+        for i in 0..REPLICAS {
+            let port = procs::free_port()?;
+            let argv = vec![
+                bins.get("square"),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--name".into(),
+                format!("square-{i}"),
+            ];
+            let mut child = procs::pinned(SERVER_CORE, &argv)?;
+            procs::wait_port(port, Some(&mut child))?;
+            r.ports.push(port);
+            r.procs.push(child);
+        }
+        Ok(r)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().flat_map(|p| procs::descendants(p.id())).collect()
+    }
+
+    /// Makes replica `i` answer `ms` milliseconds later.
+    pub fn set_delay(&self, i: usize, ms: u64) -> anyhow::Result<()> {
+        let out = Command::new(self.bins.get("square-client"))
+            .args(["--target", &format!("127.0.0.1:{}", self.ports[i])])
+            .args(["--set-delay-ms", &ms.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("square-client --set-delay-ms: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        self.procs.iter_mut().for_each(procs::stop);
+    }
+}
+
+/// One target, running.
+pub struct Target {
+    pub name: String,
+    pub kind: Kind,
+    /// Where the load generator sends its calls.
+    pub port: u16,
+    procs: Vec<Child>,
+    tmp: PathBuf,
+}
+
+impl Target {
+    pub fn start(name: &str, replicas: &Replicas, bins: &Bins, tmp: &Path) -> anyhow::Result<Target> {
+        let mut t = Target {
+            name: name.into(),
+            kind: Kind::parse(name)?,
+            port: 0,
+            procs: Vec::new(),
+            tmp: tmp.into(),
+        };
+        t.launch(replicas, bins)
+            .with_context(|| format!("starting target {name}"))?;
+        Ok(t)
+    }
+
+    /// Whether the target is a proxy process (not `direct`).
+    pub fn is_proxy(&self) -> bool {
+        self.kind != Kind::Direct
+    }
+
+    /// The target's processes (proxies, workers), not the replicas.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().flat_map(|p| procs::descendants(p.id())).collect()
+    }
+
+    /// Stops the target and starts it afresh.
+    pub fn restart(&mut self, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
+        self.stop();
+        self.launch(replicas, bins)
+    }
+
+    pub fn stop(&mut self) {
+        self.procs.iter_mut().for_each(procs::stop);
+        self.procs.clear();
+    }
+
+    fn launch(&mut self, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
+        match self.kind {
+            Kind::Direct => {
+                self.port = replicas.ports[0];
+                Ok(())
+            }
+            Kind::Weft { hops } => self.launch_weft(hops, replicas, bins),
+            Kind::HAProxy { balance } => {
+                self.port = procs::free_port()?;
+                let cfg = self.tmp.join(format!("{}.cfg", self.name));
+                std::fs::write(&cfg, haproxy_config(self.port, balance, &replicas.ports))?;
+                self.spawn(&["haproxy".into(), "-db".into(), "-f".into(), cfg.display().to_string()])
+            }
+            Kind::Nginx => {
+                self.port = procs::free_port()?;
+                let dir = self.tmp.join("nginx");
+                std::fs::create_dir_all(&dir)?;
+                let cfg = dir.join("nginx.conf");
+                std::fs::write(&cfg, nginx_config(self.port, &dir, &replicas.ports))?;
+                let (cfg, dir) = (cfg.display().to_string(), dir.display().to_string());
+                self.spawn(&["nginx".into(), "-c".into(), cfg, "-p".into(), dir])
+            }
+        }
+    }
+
+    fn launch_weft(&mut self, hops: u8, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
+        let mut endpoints = replicas.ports.clone();
+        if hops == 2 {
+            endpoints.clear();
+            for p in &replicas.ports {
+                let inbound = procs::free_port()?;
+                self.spawn_proxy(
+                    bins,
+                    &[
+                        "--outbound-listen",
+                        "off",
+                        "--inbound-listen",
+                        &format!("127.0.0.1:{inbound}"),
+                        "--inbound-forward",
+                        &format!("127.0.0.1:{p}"),
+                    ],
+                    inbound,
+                )?;
+                endpoints.push(inbound);
+            }
+        }
+        let mesh = self.tmp.join(format!("mesh-{}.yaml", self.name));
+        let mut yaml = format!("services:\n  {SERVICE}:\n    endpoints:\n");
+        for (i, p) in endpoints.iter().enumerate() {
+            yaml.push_str(&format!("      - address: 127.0.0.1:{p}\n        name: square-{i}\n"));
+        }
+        std::fs::write(&mesh, yaml)?;
+        self.port = procs::free_port()?;
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mesh = mesh.display().to_string();
+        let args = [
+            "--outbound-listen",
+            &listen,
+            "--inbound-listen",
+            "off",
+            "--discovery-file",
+            &mesh,
+        ];
+        self.spawn_proxy(bins, &args, self.port)
+    }
+
+    fn spawn_proxy(&mut self, bins: &Bins, args: &[&str], port: u16) -> anyhow::Result<()> {
+        let mut argv = vec![
+            bins.proxy_for(&self.name)?.display().to_string(),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{}", procs::free_port()?),
+            "--log".into(),
+            "warn".into(),
+        ];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let mut child = procs::pinned(SERVER_CORE, &argv)?;
+        procs::wait_port(port, Some(&mut child))?;
+        self.procs.push(child);
+        Ok(())
+    }
+
+    fn spawn(&mut self, argv: &[String]) -> anyhow::Result<()> {
+        let mut child = procs::pinned(SERVER_CORE, argv)?;
+        procs::wait_port(self.port, Some(&mut child))?;
+        self.procs.push(child);
+        Ok(())
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// HAProxy 2.6: h2 on both sides, one thread, no logging.
+fn haproxy_config(port: u16, balance: &str, replicas: &[u16]) -> String {
+    let servers: Vec<String> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("    server s{i} 127.0.0.1:{p} proto h2"))
+        .collect();
+    format!(
+        "global\n    nbthread 1\n    maxconn 4000\n    tune.h2.max-concurrent-streams 2000\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\
+         frontend fe\n    bind 127.0.0.1:{port} proto h2\n    default_backend pods\n\
+         backend pods\n    balance {balance}\n{}\n",
+        servers.join("\n")
+    )
+}
+
+/// nginx 1.22: grpc_pass to the replicas, one worker, keep-alive raised on
+/// both sides (the default 1,000 requests would close a connection every
+/// half second at 2,000 calls/s).
+fn nginx_config(port: u16, dir: &Path, replicas: &[u16]) -> String {
+    let d = dir.display();
+    let servers: Vec<String> = replicas
+        .iter()
+        .map(|p| format!("        server 127.0.0.1:{p};"))
+        .collect();
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n\
+         \x20   upstream pods {{\n{}\n        keepalive 128;\n        keepalive_requests 10000000;\n    }}\n\
+         \x20   server {{\n        listen 127.0.0.1:{port} http2;\n        http2_max_concurrent_streams 2000;\n\
+         \x20       keepalive_requests 10000000;\n        location / {{ grpc_pass grpc://pods; }}\n    }}\n}}\n",
+        servers.join("\n")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_configs_name_every_replica() {
+        let h = haproxy_config(9000, "leastconn", &[1, 2, 3]);
+        assert!(h.contains("bind 127.0.0.1:9000 proto h2"), "{h}");
+        assert!(h.contains("balance leastconn"));
+        assert!(h.contains("server s2 127.0.0.1:3 proto h2"));
+        let n = nginx_config(9001, Path::new("/tmp/x"), &[1, 2, 3]);
+        assert!(n.contains("listen 127.0.0.1:9001 http2;"), "{n}");
+        assert!(n.contains("        server 127.0.0.1:3;"), "{n}");
+        assert!(n.contains("\n    upstream pods {\n"), "{n}");
+        assert!(Kind::parse("envoy").is_err());
+        assert_eq!(Kind::parse("weft-2hop@before").unwrap(), Kind::Weft { hops: 2 });
+        assert!(Kind::parse("nginx@before").is_err());
+    }
+}

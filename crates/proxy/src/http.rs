@@ -120,7 +120,7 @@ impl RequestPath {
         head: &Head<'_>,
         start: Instant,
     ) -> Result<Call, ProxyError> {
-        let (balancer, route) = match self.route(conn, memo, head) {
+        let (balancer, route) = match self.resolve(conn, memo, head) {
             Ok(found) => found,
             Err(e) => return Err(self.refuse(conn, head.path, head.grpc, e, start)),
         };

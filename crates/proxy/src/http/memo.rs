@@ -32,7 +32,7 @@ struct Memoised {
 impl RequestPath {
     /// The balancer and route metrics of a request, from the connection's
     /// memo when the target and path were seen before on it.
-    pub(super) fn route(
+    pub(super) fn resolve(
         &self,
         conn: &ConnMeta,
         memo: &mut Memo,

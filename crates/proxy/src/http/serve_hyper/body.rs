@@ -64,18 +64,18 @@ impl Finisher {
 /// An upstream response body, observed.
 pub(crate) struct ObservedBody {
     inner: Option<Incoming>,
-    recorder: Option<Finisher>,
+    finisher: Option<Finisher>,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
 }
 
 impl ObservedBody {
-    pub(crate) fn new(inner: Incoming, recorder: Finisher, deadline: Option<(tokio::time::Instant, Duration)>) -> Self {
+    pub(crate) fn new(inner: Incoming, finisher: Finisher, deadline: Option<(tokio::time::Instant, Duration)>) -> Self {
         if inner.is_end_stream() {
             // A headers-only (for gRPC, trailers-only) response: nothing
             // more can happen, so no deadline applies.
             let mut body = ObservedBody {
                 inner: Some(inner),
-                recorder: Some(recorder),
+                finisher: Some(finisher),
                 deadline: None,
             };
             body.finish(Outcome::Ended(None));
@@ -84,14 +84,14 @@ impl ObservedBody {
         let deadline = deadline.map(|(at, budget)| (Box::pin(tokio::time::sleep_until(at)), budget));
         ObservedBody {
             inner: Some(inner),
-            recorder: Some(recorder),
+            finisher: Some(finisher),
             deadline,
         }
     }
 
     fn finish(&mut self, outcome: Outcome) {
-        if let Some(r) = self.recorder.take() {
-            r.finish(outcome);
+        if let Some(f) = self.finisher.take() {
+            f.finish(outcome);
         }
     }
 }

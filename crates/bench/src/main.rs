@@ -170,6 +170,9 @@ fn write_report(args: &Args, setup: &Setup, records: &[run::Record], started: &s
     if args.passes.is_some() {
         command.push_str(&format!(" --passes {}", setup.profile.passes));
     }
+    for name in setup.bins.other_proxies.keys() {
+        command.push_str(&format!(" --proxy-as {name}=…"));
+    }
     if args.targets.is_some() {
         command.push_str(&format!(" --targets {}", setup.targets.join(",")));
     }

@@ -25,6 +25,7 @@ use crate::{
         admin::{self, AdminState, BalancerCollector},
         metrics::Metrics,
     },
+    transport::{LocalAddrs, OwnAddrs},
 };
 
 /// The proxy's bound listeners.
@@ -83,7 +84,24 @@ impl Proxy {
     /// else beside the data path.
     pub fn spawn(config: Config, listeners: Listeners, admin_runtime: Option<tokio::runtime::Handle>) -> Proxy {
         let (metrics, mut registry) = Metrics::new();
-        let (outbound, inbound) = routers(&config, &metrics);
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let (outbound_addr, inbound_addr, admin_addr) = (
+            addr(&listeners.outbound),
+            addr(&listeners.inbound),
+            addr(&listeners.admin),
+        );
+        let own = OwnAddrs::new(
+            [
+                ("outbound", outbound_addr),
+                ("inbound", inbound_addr),
+                ("admin", admin_addr),
+            ]
+            .into_iter()
+            .filter_map(|(role, a)| Some((role, a?)))
+            .collect(),
+            LocalAddrs::read(),
+        );
+        let (outbound, inbound) = routers(&config, &metrics, &own);
         let balancers = balancers(&outbound, &inbound);
         registry.register_collector(Box::new(BalancerCollector {
             balancers: balancers.clone(),
@@ -92,12 +110,6 @@ impl Proxy {
         let (drain_signal, drain_watch) = drain::channel();
         let (shutdown_tx, shutdown_rx) = mpsc::unbounded_channel();
         let ready = Arc::new(AtomicBool::new(true));
-        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-        let (outbound_addr, inbound_addr, admin_addr) = (
-            addr(&listeners.outbound),
-            addr(&listeners.inbound),
-            addr(&listeners.admin),
-        );
 
         if let Some(l) = listeners.outbound {
             let side = Side::Outbound(Outbound {
@@ -109,6 +121,7 @@ impl Proxy {
         if let Some(l) = listeners.inbound {
             let side = Side::Inbound(Inbound {
                 app: config.inbound_forward,
+                own,
             });
             let ctx = Arc::new(ServerCtx::new(side, inbound.clone(), metrics.clone(), &config));
             tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
@@ -120,6 +133,7 @@ impl Proxy {
                 registry,
                 config_json: serde_json::to_string_pretty(&config.to_json()).unwrap_or_default() + "\n",
                 balancers,
+                token: config.admin_token.clone(),
                 ready: ready.clone(),
                 shutdown: shutdown_tx.clone(),
             });
@@ -204,7 +218,7 @@ impl Stop {
 
 /// The outbound router (over discovery) and the inbound one (always the
 /// local app: discovery plays no part).
-fn routers(config: &Config, metrics: &Arc<Metrics>) -> (Arc<Router>, Arc<Router>) {
+fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Router>, Arc<Router>) {
     let discovery: Arc<dyn Discover> = match &config.discovery_file {
         Some(path) => {
             let m = metrics.clone();
@@ -226,8 +240,8 @@ fn routers(config: &Config, metrics: &Arc<Metrics>) -> (Arc<Router>, Arc<Router>
         engine: config.h2_engine,
     });
     let idle = config.balancer_idle_timeout;
-    let outbound = Router::new(discovery, balance.clone(), client.clone(), idle);
-    let inbound = Router::new(Arc::new(NoDiscovery), balance, client, idle);
+    let outbound = Router::new(discovery, own.clone(), balance.clone(), client.clone(), idle);
+    let inbound = Router::new(Arc::new(NoDiscovery), own.clone(), balance, client, idle);
     (outbound, inbound)
 }
 

@@ -118,6 +118,11 @@ pub struct Config {
     /// `warn,weft_proxy=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Token that admin actions changing state (POST /shutdown) require, as
+    /// `Authorization: Bearer <token>`, from loopback. Without it they are off.
+    #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -129,13 +134,52 @@ impl Config {
         Self::try_parse_from(["weft-proxy"]).expect("the default configuration is valid")
     }
 
-    /// Parses a command line (the first item is the program name).
+    /// Parses a command line (the first item is the program name), then
+    /// [`Config::check`]s it.
     pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Self::try_parse_from(args)
+        Self::try_parse_from(args)?.checked()
+    }
+
+    /// Parses the process's flags and environment, then [`Config::check`]s them.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        Self::try_parse()?.checked()
+    }
+
+    fn checked(self) -> Result<Self, clap::Error> {
+        self.check()
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{e}\n")))?;
+        Ok(self)
+    }
+
+    /// Checks what no single flag can: the app (`--inbound-forward`) must not
+    /// be one of the proxy's own listeners, or inbound requests would loop.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(app) = self.inbound_forward else {
+            return Ok(());
+        };
+        let listeners = [
+            ("--outbound-listen", self.outbound_listen),
+            ("--inbound-listen", self.inbound_listen),
+            ("--admin-listen", self.admin_listen),
+        ];
+        for (flag, listen) in listeners {
+            let Listen::On(l) = listen else { continue };
+            let same_host = l.ip() == app.ip()
+                || l.ip().is_unspecified()
+                || app.ip().is_unspecified()
+                || (l.ip().is_loopback() && app.ip().is_loopback() && l.ip() == app.ip());
+            if l.port() == app.port() && same_host {
+                return Err(format!(
+                    "--inbound-forward {app} is this proxy's own {flag} {l}: inbound requests would loop; \
+                     give the app's address"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The effective configuration as JSON (printed at start, served on admin).
@@ -159,6 +203,7 @@ impl Config {
             "balancer_idle_timeout_ms": self.balancer_idle_timeout.as_secs_f64() * 1e3,
             "threads": self.threads,
             "h2_engine": self.h2_engine.to_string(),
+            "admin_token": if self.admin_token.is_some() { "set" } else { "off" },
         })
     }
 }
@@ -266,7 +311,12 @@ impl FromStr for PortSet {
     }
 }
 
-/// Parses a duration with a unit: `500us`, `250ms`, `10s`, `2m`, `1h`.
+/// The longest duration a flag takes: longer ones are typos, and would
+/// overflow the clock arithmetic they feed.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a duration with a unit: `500us`, `250ms`, `10s`, `2m`, `1h`; at
+/// most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
@@ -285,7 +335,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             return Err(format!("`{other}` is not a duration unit (us, ms, s, m, h)"));
         }
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("`{s}` is out of range"))
+    match Duration::try_from_secs_f64(value * scale) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!("`{s}` is out of range (at most 365 days)")),
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +365,10 @@ mod tests {
         assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("10parsecs").unwrap_err().contains("not a duration unit"));
         assert!(parse_duration("fast").is_err());
+        // Absurd values are refused at parse time, not left to overflow a clock.
+        assert!(parse_duration("9999999999h").unwrap_err().contains("out of range"));
+        assert!(parse_duration("366d").is_err());
+        assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
     }
 
     #[test]
@@ -324,6 +381,15 @@ mod tests {
         assert!(err.to_string().contains("`smtp` is not a port"), "{err}");
         let err = Config::try_parse_from(["weft-proxy", "--balancer", "random"]).unwrap_err();
         assert!(err.to_string().contains("random"), "{err}");
+    }
+
+    #[test]
+    fn an_app_address_that_is_one_of_our_listeners_is_refused() {
+        let err = Config::from_args(["weft-proxy", "--inbound-forward", "127.0.0.1:4143"]).unwrap_err();
+        assert!(err.to_string().contains("would loop"), "{err}");
+        let err = Config::from_args(["weft-proxy", "--inbound-forward", "127.0.0.1:4140"]).unwrap_err();
+        assert!(err.to_string().contains("--outbound-listen"), "{err}");
+        assert!(Config::from_args(["weft-proxy", "--inbound-forward", "127.0.0.1:8080"]).is_ok());
     }
 
     #[test]

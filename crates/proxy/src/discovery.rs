@@ -40,6 +40,10 @@ pub trait Discover: Send + Sync + 'static {
 
     /// The service whose virtual address is `addr`, if any (transparent mode).
     fn service_at(&self, addr: SocketAddr) -> Option<Authority>;
+
+    /// Whether discovery lists a service by this name now (an `IP:port`
+    /// name then means the service, not the address).
+    fn knows(&self, target: &Authority) -> bool;
 }
 
 /// No discovery at all: every target is unknown.
@@ -52,5 +56,8 @@ impl Discover for NoDiscovery {
     }
     fn service_at(&self, _: SocketAddr) -> Option<Authority> {
         None
+    }
+    fn knows(&self, _: &Authority) -> bool {
+        false
     }
 }

@@ -42,6 +42,11 @@ pub(crate) enum ProxyError {
     },
     #[error("the request could not be sent: {0}")]
     Unsent(String),
+    #[error(
+        "the request's target {target} is this proxy's own {listener} listener, so it would loop: name a service \
+         in :authority or Host (e.g. square.demo:50051), or list {target} as a service in the discovery file"
+    )]
+    Loop { target: SocketAddr, listener: &'static str },
 }
 
 /// Whose fault a failure is, for logs and metrics.
@@ -56,7 +61,7 @@ impl ProxyError {
     /// The gRPC status a gRPC client receives.
     pub fn grpc_code(&self) -> u16 {
         match self {
-            ProxyError::NoTarget(_) => code::INVALID_ARGUMENT,
+            ProxyError::NoTarget(_) | ProxyError::Loop { .. } => code::INVALID_ARGUMENT,
             ProxyError::UnknownService(_)
             | ProxyError::DiscoveryPending { .. }
             | ProxyError::NoEndpoints(_)
@@ -83,6 +88,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamReset { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unsent(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Loop { .. } => StatusCode::LOOP_DETECTED,
         }
     }
 
@@ -98,12 +104,13 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::Unsent(_) => "unsent",
+            ProxyError::Loop { .. } => "loop",
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::NoTarget(_) | ProxyError::DeadlineExceeded(_) => Fault::Downstream,
+            ProxyError::NoTarget(_) | ProxyError::DeadlineExceeded(_) | ProxyError::Loop { .. } => Fault::Downstream,
             ProxyError::UnknownService(_) | ProxyError::DiscoveryPending { .. } | ProxyError::NoEndpoints(_) => {
                 Fault::Discovery
             }

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use weft_proxy::{Config, Listeners, Proxy};
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -11,7 +10,7 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_BIND: u8 = 69;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };

@@ -18,11 +18,14 @@ use crate::{
     endpoint::ClientParams,
     error::ProxyError,
     telemetry::BalancerView,
+    transport::OwnAddrs,
 };
 
 /// The balancers of one direction (outbound or inbound).
 pub(crate) struct Router {
     discovery: Arc<dyn Discover>,
+    /// The proxy's own listeners: a destination that reaches one is a loop.
+    own: OwnAddrs,
     params: BalanceParams,
     client: Arc<ClientParams>,
     idle_timeout: Duration,
@@ -33,12 +36,14 @@ impl Router {
     /// A router; its idle balancers are evicted by a task on the current runtime.
     pub(crate) fn new(
         discovery: Arc<dyn Discover>,
+        own: OwnAddrs,
         params: BalanceParams,
         client: Arc<ClientParams>,
         idle_timeout: Duration,
     ) -> Arc<Self> {
         let router = Arc::new(Router {
             discovery,
+            own,
             params,
             client,
             idle_timeout,
@@ -57,15 +62,32 @@ impl Router {
         }
     }
 
-    /// Where a request that names its target (`:authority` or `Host`) goes.
+    /// Which of the proxy's own listeners a connection to `addr` would reach.
+    pub(crate) fn own_listener(&self, addr: SocketAddr) -> Option<&'static str> {
+        self.own.listener_at(addr)
+    }
+
+    /// Where a request that names its target (`:authority` or `Host`) goes:
+    /// a service discovery knows by that name (an `IP:port` name included),
+    /// the service whose virtual IP it is, or that address itself, unless
+    /// the address is one of the proxy's own listeners (a loop).
     pub(crate) fn dest_for_authority(&self, authority: Option<&str>, scheme: Option<&str>) -> Result<Dest, ProxyError> {
         let raw = authority.ok_or_else(|| ProxyError::NoTarget("no :authority or Host header".into()))?;
         let default_port = if scheme == Some("https") { 443 } else { 80 };
         let authority = Authority::parse(raw, Some(default_port)).map_err(|e| ProxyError::NoTarget(e.to_string()))?;
-        Ok(match authority.socket_addr() {
-            Some(addr) => self.dest_at(addr),
-            None => Dest::Service(authority),
-        })
+        let Some(addr) = authority.socket_addr() else {
+            return Ok(Dest::Service(authority));
+        };
+        if self.discovery.knows(&authority) {
+            return Ok(Dest::Service(authority));
+        }
+        match self.dest_at(addr) {
+            Dest::Addr(addr) => match self.own.listener_at(addr) {
+                Some(listener) => Err(ProxyError::Loop { target: addr, listener }),
+                None => Ok(Dest::Addr(addr)),
+            },
+            service => Ok(service),
+        }
     }
 
     /// The balancer for `dest`, created on first use.

@@ -40,7 +40,8 @@ impl Side {
         }
     }
 
-    fn target(&self, orig_dst: Option<SocketAddr>) -> Target {
+    /// Where a connection goes, or why nowhere (a metric label).
+    fn target(&self, orig_dst: Option<SocketAddr>) -> Result<Target, &'static str> {
         match self {
             Side::Inbound(i) => i.target(orig_dst),
             Side::Outbound(o) => o.target(orig_dst),
@@ -113,7 +114,14 @@ async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCtx>
     let _ = stream.set_nodelay(true);
 
     let orig_dst = transport::original_dst(&stream);
-    let target = ctx.side.target(orig_dst);
+    let target = match ctx.side.target(orig_dst) {
+        Ok(t) => t,
+        Err(reason) => {
+            tracing::debug!(%peer, ?orig_dst, reason, "connection refused: it has nowhere to go");
+            ctx.metrics.connection_error(direction.label(), reason);
+            return;
+        }
+    };
     // Ports marked opaque are judged by where the connection goes.
     let port = match &target {
         Target::Fixed(Dest::Addr(addr)) => Some(addr.port()),

@@ -5,6 +5,7 @@
 //! TLS will be terminated here, between the two.
 
 mod detect;
+mod local;
 mod orig_dst;
 mod prefixed;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+pub(crate) use local::{LocalAddrs, OwnAddrs};
 pub(crate) use orig_dst::original_dst;
 pub(crate) use prefixed::PrefixedIo;
 

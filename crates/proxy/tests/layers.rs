@@ -30,9 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "endpoint",
             "balance",
             "telemetry",
+            "transport",
         ],
     ),
-    ("inbound", &["core"]),
+    ("inbound", &["core", "transport"]),
     ("outbound", &["core", "route"]),
     (
         "http",

@@ -80,6 +80,40 @@ async fn weft_proxy_rejects_a_bad_flag_with_exit_64_naming_it() {
 }
 
 #[tokio::test]
+async fn absurd_durations_and_a_looping_app_address_are_refused_at_start() {
+    let run = |args: &'static [&'static str]| async move {
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::process::Command::new(bin_path("weft-proxy"))
+                .args(args)
+                .args(["--admin-listen", "off", "--outbound-listen", "127.0.0.1:0"])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("refused at start, not left running")
+        .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run(&["--detect-timeout", "99999999999h", "--inbound-listen", "off"]).await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("--detect-timeout") && err.contains("out of range"),
+        "{err}"
+    );
+    // The app's address is the inbound listener itself (checked before binding).
+    let (code, err) = run(&[
+        "--inbound-listen",
+        "127.0.0.1:4999",
+        "--inbound-forward",
+        "127.0.0.1:4999",
+    ])
+    .await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("would loop"), "{err}");
+}
+
+#[tokio::test]
 async fn weft_proxy_fails_loudly_on_a_port_conflict() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

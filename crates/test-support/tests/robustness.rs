@@ -265,7 +265,7 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
     let rep = square::spawn(opts).await.unwrap();
     let disc = DiscoveryFile::new();
     disc.set(SVC, &[("square-0", rep.addr)]);
-    let proxy = TestProxy::with_discovery(&disc, &["--shutdown-grace", "5s"]).await;
+    let proxy = TestProxy::with_discovery(&disc, &["--shutdown-grace", "5s", "--admin-token", "t0k3n"]).await;
     let channel = proxy.channel(SVC).await;
     let in_flight = tokio::spawn(square_calls(channel.clone(), 10, 10));
     eventually("calls to be in flight", Duration::from_secs(3), || async {
@@ -275,9 +275,10 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
     let (outbound, admin) = (proxy.outbound, proxy.admin);
     let (status, _) = weft_test_support::http_get(admin, "/ready").await.unwrap();
     assert_eq!(status, 200);
-    let (status, _) = weft_test_support::http_request(admin, "POST", "/shutdown")
-        .await
-        .unwrap();
+    let (status, _) =
+        weft_test_support::http_request_with(admin, "POST", "/shutdown", &[("Authorization", "Bearer t0k3n")])
+            .await
+            .unwrap();
     assert_eq!(status, 200);
     let started = Instant::now();
     let clean = proxy.proxy.wait().await;

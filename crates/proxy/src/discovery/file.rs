@@ -270,6 +270,13 @@ impl Discover for FileDiscovery {
             FileState::NotLoaded(_) => None,
         }
     }
+
+    fn knows(&self, target: &Authority) -> bool {
+        match &*self.state.borrow() {
+            FileState::Loaded(snap) => snap.services.contains_key(target),
+            FileState::NotLoaded(_) => false,
+        }
+    }
 }
 
 #[cfg(test)]

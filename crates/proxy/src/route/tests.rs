@@ -13,6 +13,7 @@ use crate::{
     endpoint::ClientParams,
     error::ProxyError,
     telemetry::metrics::Metrics,
+    transport::{LocalAddrs, OwnAddrs},
 };
 
 /// Discovery that knows one virtual IP.
@@ -24,6 +25,9 @@ impl Discover for OneVip {
     }
     fn service_at(&self, addr: SocketAddr) -> Option<Authority> {
         (addr == self.0).then(|| self.1.clone())
+    }
+    fn knows(&self, target: &Authority) -> bool {
+        *target == self.1
     }
 }
 
@@ -39,7 +43,11 @@ fn router(discovery: Arc<dyn Discover>, idle: Duration) -> Arc<Router> {
         metrics: Metrics::new().0,
         engine: H2Engine::Splice,
     });
-    Router::new(discovery, params, client, idle)
+    let own = OwnAddrs::new(
+        vec![("outbound", "127.0.0.1:4140".parse().unwrap())],
+        LocalAddrs::read(),
+    );
+    Router::new(discovery, own, params, client, idle)
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -76,6 +84,16 @@ async fn requests_name_services_addresses_or_virtual_ips() {
     );
     assert_eq!(r.dest_at(vip), Dest::Service(square));
     assert!(matches!(r.dest_for_authority(None, None), Err(ProxyError::NoTarget(_))));
+    assert!(
+        matches!(
+            r.dest_for_authority(Some("127.0.0.1:4140"), None),
+            Err(ProxyError::Loop {
+                listener: "outbound",
+                ..
+            })
+        ),
+        "the proxy's own listener is a loop"
+    );
     assert!(matches!(
         r.dest_for_authority(Some("a b"), None),
         Err(ProxyError::NoTarget(_))

@@ -35,6 +35,8 @@ pub(crate) struct AdminState {
     pub balancers: Balancers,
     pub ready: Arc<AtomicBool>,
     pub shutdown: mpsc::UnboundedSender<()>,
+    /// What admin actions that change state require (`--admin-token`); `None`: they are off.
+    pub token: Option<String>,
 }
 
 /// Serves admin requests until `stop` completes.
@@ -102,12 +104,8 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
             reply(StatusCode::OK, "application/json", body + "\n")
         }
         (&Method::POST, "/shutdown") => {
-            if !peer.ip().is_loopback() {
-                return reply(
-                    StatusCode::FORBIDDEN,
-                    "text/plain",
-                    "shutdown is only accepted from localhost\n".into(),
-                );
+            if let Err(why) = may_change_state(state, &req, peer) {
+                return reply(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"));
             }
             let _ = state.shutdown.send(());
             reply(StatusCode::OK, "text/plain", "shutting down\n".into())
@@ -122,6 +120,34 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
             "text/plain",
             "not found; try /metrics /ready /live /config /balancers, or POST /shutdown\n".into(),
         ),
+    }
+}
+
+/// Admin actions that change state are off unless a token is configured,
+/// and then need it, from loopback: the data path cannot reach admin (it
+/// refuses the proxy's own addresses), and a stranger cannot guess the token.
+fn may_change_state(state: &AdminState, req: &Request<Incoming>, peer: SocketAddr) -> Result<(), &'static str> {
+    let Some(token) = &state.token else {
+        return Err(
+            "admin actions are off: start weft-proxy with --admin-token TOKEN (or WEFT_ADMIN_TOKEN) \
+                    and send Authorization: Bearer TOKEN",
+        );
+    };
+    if !peer.ip().is_loopback() {
+        return Err("admin actions are only accepted from localhost");
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compared in time independent of where the first difference lies.
+    let same = given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err("a valid admin token is required (Authorization: Bearer TOKEN)")
     }
 }
 

@@ -95,6 +95,20 @@ pub struct Config {
     #[arg(long, env = "WEFT_MAX_HEADER_BYTES", default_value_t = 65_536)]
     pub max_header_bytes: u32,
 
+    /// Bytes one client connection may hold in the proxy: request bytes no
+    /// endpoint has taken yet (beyond, the client gets no more connection
+    /// window) and response bytes it has not read (beyond, it is
+    /// disconnected with GOAWAY ENHANCE_YOUR_CALM). HTTP/2. Units: B, KiB, MiB.
+    #[arg(long, env = "WEFT_CONNECTION_BUFFER_LIMIT", default_value = "8MiB", value_parser = parse_bytes)]
+    pub connection_buffer_limit: usize,
+
+    /// Control frames (RST_STREAM, PING, SETTINGS, PRIORITY, empty DATA,
+    /// refused streams) an HTTP/2 client may send in a burst; the allowance
+    /// refills at a tenth of this per second and by one per request
+    /// answered. Beyond it (rapid reset, PING floods): GOAWAY ENHANCE_YOUR_CALM.
+    #[arg(long, env = "WEFT_MAX_CONTROL_FRAMES", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(10..))]
+    pub max_control_frames: u32,
+
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -199,6 +213,8 @@ impl Config {
             "connect_timeout_ms": self.connect_timeout.as_secs_f64() * 1e3,
             "max_concurrent_streams": self.max_concurrent_streams,
             "max_header_bytes": self.max_header_bytes,
+            "connection_buffer_limit": self.connection_buffer_limit,
+            "max_control_frames": self.max_control_frames,
             "shutdown_grace_ms": self.shutdown_grace.as_secs_f64() * 1e3,
             "balancer_idle_timeout_ms": self.balancer_idle_timeout.as_secs_f64() * 1e3,
             "threads": self.threads,
@@ -311,6 +327,31 @@ impl FromStr for PortSet {
     }
 }
 
+/// Parses a byte size: `512`, `64KiB`, `8MiB`, `1GiB` (also KB, MB, GB as
+/// powers of ten); at most 1 GiB.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64KiB or 8MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("`{other}` is not a size unit (B, KiB, MiB, GiB)")),
+    };
+    match n.checked_mul(scale) {
+        Some(b) if b <= 1 << 30 => Ok(b as usize),
+        _ => Err(format!("`{s}` is out of range (at most 1GiB)")),
+    }
+}
+
 /// The longest duration a flag takes: longer ones are typos, and would
 /// overflow the clock arithmetic they feed.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -369,6 +410,15 @@ mod tests {
         assert!(parse_duration("9999999999h").unwrap_err().contains("out of range"));
         assert!(parse_duration("366d").is_err());
         assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_bytes("64KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("2GiB").unwrap_err().contains("out of range"));
+        assert!(parse_bytes("8 megs").is_err());
     }
 
     #[test]

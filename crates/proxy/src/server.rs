@@ -82,6 +82,8 @@ impl ServerCtx {
             splice: (config.h2_engine == H2Engine::Splice).then_some(Limits {
                 max_concurrent_streams: config.max_concurrent_streams,
                 max_header_bytes: config.max_header_bytes,
+                max_buffered: config.connection_buffer_limit,
+                max_control_frames: config.max_control_frames,
             }),
         }
     }

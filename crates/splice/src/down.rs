@@ -43,6 +43,49 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Largest request header list accepted, in bytes (HTTP 431 beyond).
     pub max_header_bytes: u32,
+    /// Bytes the connection may hold for its client: request bytes no
+    /// endpoint has taken yet (beyond, the client gets no more connection
+    /// window) and response bytes the client has not read (beyond, the
+    /// client is disconnected: it does not read what it asked for).
+    pub max_buffered: usize,
+    /// Control frames (RST_STREAM, PING, SETTINGS, PRIORITY, empty DATA,
+    /// refused streams) the client may send in a burst. The allowance
+    /// refills at a tenth of this per second and by one for every request
+    /// answered; a client that exhausts it (rapid reset, PING floods) gets
+    /// GOAWAY ENHANCE_YOUR_CALM.
+    pub max_control_frames: u32,
+}
+
+/// The allowance of control frames: a token bucket.
+struct Allowance {
+    tokens: f64,
+    burst: f64,
+    refilled: Instant,
+}
+
+impl Allowance {
+    fn new(burst: u32) -> Self {
+        Allowance {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Spends one control frame; `false` when none is left.
+    fn spend(&mut self) -> bool {
+        let now = Instant::now();
+        let rate = self.burst / 10.0;
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(self.burst);
+        self.refilled = now;
+        self.tokens -= 1.0;
+        self.tokens >= 0.0
+    }
+
+    /// A request was answered: useful work earns control frames back.
+    fn earn(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -95,6 +138,13 @@ struct Stream<D: Dispatch> {
     /// How much more may be sent to the client on the stream.
     send_window: i64,
     out: VecDeque<Out>,
+    /// Response data bytes in `out`.
+    out_bytes: usize,
+    /// Whether the stream waits in the connection's `blocked` queue.
+    queued: bool,
+    /// Request bytes received from the client and not yet taken by the
+    /// endpoint connection.
+    held: usize,
     head_sent: bool,
     /// Response bytes written to the client, not yet reported upstream.
     up_credit: u32,
@@ -128,6 +178,9 @@ impl<D: Dispatch> Stream<D> {
             client_credit: 0,
             send_window: i64::from(send_window),
             out: VecDeque::new(),
+            out_bytes: 0,
+            queued: false,
+            held: 0,
             head_sent: false,
             up_credit: 0,
             x,
@@ -158,7 +211,13 @@ struct Down<D: Dispatch> {
     client_goaway: bool,
     deadlines: BinaryHeap<Reverse<(Instant, u32)>>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    blocked: Vec<u32>,
+    /// Streams with response data that the connection window or a full
+    /// output buffer holds back (not those waiting for their own window).
+    blocked: VecDeque<u32>,
+    /// Σ `out_bytes` and Σ `held` over the streams.
+    resp_buffered: usize,
+    req_buffered: usize,
+    allowance: Allowance,
     scratch: Vec<Field>,
 }
 
@@ -175,7 +234,7 @@ pub async fn serve<D: Dispatch>(
     drain: impl Future<Output = ()>,
 ) {
     let settings = Wire::settings(Some(limits.max_concurrent_streams), limits.max_header_bytes, false);
-    let mut wire = Wire::new(io, prefix, false, &settings);
+    let mut wire = Wire::new(io, prefix, false, &settings, limits.max_header_bytes);
     // The client's preface was checked by detection; consume it.
     if wire.rbuf.len() >= frame::PREFACE.len() && &wire.rbuf[..frame::PREFACE.len()] == frame::PREFACE {
         let _ = wire.rbuf.split_to(frame::PREFACE.len());
@@ -199,7 +258,10 @@ pub async fn serve<D: Dispatch>(
         client_goaway: false,
         deadlines: BinaryHeap::new(),
         timer: None,
-        blocked: Vec::new(),
+        blocked: VecDeque::new(),
+        resp_buffered: 0,
+        req_buffered: 0,
+        allowance: Allowance::new(limits.max_control_frames),
         scratch: Vec::new(),
     };
     let mut drained = std::pin::pin!(drain);
@@ -273,8 +335,23 @@ impl<D: Dispatch> Down<D> {
                 self.expire();
                 busy = true;
             }
+            if self.resp_buffered > self.limits.max_buffered {
+                return Poll::Ready(Err(ConnError::new(
+                    code::ENHANCE_YOUR_CALM,
+                    format!(
+                        "the client does not read its responses ({} bytes waiting, limit {})",
+                        self.resp_buffered, self.limits.max_buffered
+                    ),
+                )));
+            }
+            self.wire.hold_credit(self.req_buffered > self.limits.max_buffered);
             if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
                 return Poll::Ready(Err(ConnError::new(code::NO_ERROR, e.to_string())));
+            }
+            if !self.blocked.is_empty() && !self.wire.output_full() {
+                let before = self.wire.output_len();
+                self.unblock();
+                busy |= self.wire.output_len() != before;
             }
             if self.wire.read_closed && !self.wire.has_output() {
                 return Poll::Ready(Ok(()));
@@ -294,14 +371,33 @@ impl<D: Dispatch> Down<D> {
         if self.wire.partial.is_some() && head.kind != kind::CONTINUATION {
             return Err(ConnError::new(code::PROTOCOL_ERROR, "header block interrupted"));
         }
+        let control = match head.kind {
+            kind::PING | kind::SETTINGS => !head.has(flag::ACK),
+            kind::PRIORITY | kind::RST_STREAM => true,
+            kind::DATA => head.len == 0 && !head.has(flag::END_STREAM),
+            _ => false,
+        };
+        if control {
+            self.spend_control()?;
+        }
         let mut delta = 0i64;
+        let conn_window = self.wire.conn_send;
         if self.wire.connection_frame(&head, &payload, &mut delta)? {
             if delta != 0 {
                 for s in self.streams.values_mut() {
                     s.send_window += delta;
                 }
             }
-            self.unblock();
+            // Only a larger window can let held-back data go: a PING or a
+            // PRIORITY costs O(1), whatever the number of streams.
+            if delta > 0 {
+                let ids: Vec<u32> = self.streams.keys().copied().collect();
+                for id in ids {
+                    self.write_out(id);
+                }
+            } else if self.wire.conn_send > conn_window {
+                self.unblock();
+            }
             return Ok(());
         }
         match head.kind {
@@ -320,7 +416,7 @@ impl<D: Dispatch> Down<D> {
                 if head.stream == 0 || head.stream > self.last_stream {
                     return Err(ConnError::new(code::PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
                 }
-                if let Some(mut s) = self.streams.remove(&head.stream) {
+                if let Some(mut s) = self.take_stream(head.stream) {
                     cancel_upstream(&s);
                     s.up = Upstream::Detached;
                     self.record(s, End::Cancelled);
@@ -331,6 +427,7 @@ impl<D: Dispatch> Down<D> {
                 let inc = match wire::window_increment(&payload) {
                     Ok(i) => i,
                     Err(_) if payload.len() == 4 => {
+                        self.spend_control()?;
                         self.reset_stream(head.stream, code::PROTOCOL_ERROR);
                         return Ok(());
                     }
@@ -382,6 +479,10 @@ impl<D: Dispatch> Down<D> {
         let padding = len - data.len() as u32;
         s.client_done = end;
         s.client_credit += padding;
+        if !matches!(s.up, Upstream::Detached) {
+            s.held += data.len();
+            self.req_buffered += data.len();
+        }
         if let Some(r) = s.replay.as_mut() {
             r.size += data.len();
             if r.size > request::REPLAY_LIMIT {
@@ -406,9 +507,40 @@ impl<D: Dispatch> Down<D> {
         Ok(())
     }
 
+    /// Spends one of the client's control frames, or ends the connection.
+    fn spend_control(&mut self) -> Result<(), ConnError> {
+        if self.allowance.spend() {
+            Ok(())
+        } else {
+            Err(ConnError::new(
+                code::ENHANCE_YOUR_CALM,
+                "too many control frames (resets, PINGs, SETTINGS, PRIORITY, empty DATA) for the requests answered",
+            ))
+        }
+    }
+
+    /// Removes a stream, with what it held of the connection's budget.
+    fn take_stream(&mut self, id: u32) -> Option<Stream<D>> {
+        let s = self.streams.remove(&id)?;
+        self.resp_buffered = self.resp_buffered.saturating_sub(s.out_bytes);
+        self.req_buffered = self.req_buffered.saturating_sub(s.held);
+        Some(s)
+    }
+
+    /// Request bytes the endpoint connection took: the client may send
+    /// that much more (granted in batches).
+    fn credited(&mut self, id: u32, credit: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.client_credit += credit;
+            let taken = (credit as usize).min(s.held);
+            s.held -= taken;
+            self.req_buffered = self.req_buffered.saturating_sub(taken);
+        }
+    }
+
     fn reset_stream(&mut self, id: u32, code: u32) {
         frame::put_rst(&mut self.wire.wbuf, id, code);
-        if let Some(mut s) = self.streams.remove(&id) {
+        if let Some(mut s) = self.take_stream(id) {
             cancel_upstream(&s);
             s.up = Upstream::Detached;
             self.record(s, End::Failed(grpc::code::INTERNAL));

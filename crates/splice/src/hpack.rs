@@ -10,11 +10,14 @@ use bytes::Bytes;
 
 use super::huffman;
 
-/// A header field: lowercase name (pseudo-headers start with `:`), value.
+/// A header field: lowercase name (pseudo-headers start with `:`), value,
+/// and whether a hop marked it never to be indexed (RFC 7541 §7.1.3: it
+/// stays so on every later hop).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {
     pub name: Bytes,
     pub value: Bytes,
+    pub never_index: bool,
 }
 
 impl Field {
@@ -22,6 +25,7 @@ impl Field {
         Field {
             name: Bytes::from_static(name.as_bytes()),
             value: value.into(),
+            never_index: false,
         }
     }
 
@@ -161,6 +165,7 @@ fn get(table: &Table, index: usize) -> Result<Field, DecodeError> {
             Ok(Field {
                 name: Bytes::from_static(n.as_bytes()),
                 value: Bytes::from_static(v.as_bytes()),
+                never_index: false,
             })
         }
         _ => table
@@ -195,7 +200,8 @@ fn read_int(b: &[u8], pos: &mut usize, prefix: u8) -> Result<usize, DecodeError>
     }
 }
 
-fn read_string(b: &[u8], pos: &mut usize) -> Result<Bytes, DecodeError> {
+/// A string's raw bytes and whether they are Huffman-coded.
+fn string_bytes<'a>(b: &'a [u8], pos: &mut usize) -> Result<(&'a [u8], bool), DecodeError> {
     let huffman = *b.get(*pos).ok_or(DecodeError::Truncated)? & 0x80 != 0;
     let len = read_int(b, pos, 7)?;
     let end = pos
@@ -204,6 +210,24 @@ fn read_string(b: &[u8], pos: &mut usize) -> Result<Bytes, DecodeError> {
         .ok_or(DecodeError::Truncated)?;
     let raw = &b[*pos..end];
     *pos = end;
+    Ok((raw, huffman))
+}
+
+/// A string's decoded length, without keeping it (Huffman is decoded
+/// in a bounded scratch buffer, to validate it and learn its length).
+fn skip_string(b: &[u8], pos: &mut usize) -> Result<usize, DecodeError> {
+    let (raw, huffman) = string_bytes(b, pos)?;
+    if !huffman {
+        return Ok(raw.len());
+    }
+    let mut out = Vec::new();
+    huffman::decode(raw, &mut out).map_err(|_| DecodeError::Huffman)?;
+    Ok(out.len())
+}
+
+fn read_string(b: &[u8], pos: &mut usize) -> Result<Bytes, DecodeError> {
+    let (raw, huffman) = string_bytes(b, pos)?;
+    let len = raw.len();
     if huffman {
         let mut out = Vec::with_capacity(len * 8 / 5);
         huffman::decode(raw, &mut out).map_err(|_| DecodeError::Huffman)?;
@@ -230,18 +254,23 @@ impl Decoder {
     }
 
     /// Decodes a whole header block into `out`; returns the header list size
-    /// (RFC 9113 §6.5.2). The caller enforces its limit: the block is always
-    /// decoded in full, so the table stays in step with the peer's.
-    pub fn decode(&mut self, b: &[u8], out: &mut Vec<Field>) -> Result<usize, DecodeError> {
+    /// (RFC 9113 §6.5.2). The block is always read to its end, so that the
+    /// table stays in step with the peer's, but once the list passes `limit`
+    /// nothing more is kept: `out` is emptied and stays empty, so a block of
+    /// a few bytes that stands for gigabytes (references to one big table
+    /// entry) costs time in proportion to its own size and no memory. The
+    /// caller refuses a list over its limit.
+    pub fn decode(&mut self, b: &[u8], out: &mut Vec<Field>, limit: usize) -> Result<usize, DecodeError> {
         let mut pos = 0;
-        let mut list = 0;
+        let mut list = 0usize;
         let mut fields_seen = false;
         while pos < b.len() {
+            let over = list > limit;
             let first = b[pos];
             if first & 0x80 != 0 {
                 let index = read_int(b, &mut pos, 7)?;
                 let f = get(&self.table, index)?;
-                list += f.size();
+                list = list.saturating_add(f.size());
                 out.push(f);
                 fields_seen = true;
             } else if first & 0xe0 == 0x20 {
@@ -251,22 +280,47 @@ impl Decoder {
                 }
                 self.table.set_max(size);
             } else {
-                let (prefix, index_it) = if first & 0xc0 == 0x40 { (6, true) } else { (4, false) };
+                let (prefix, index_it, never_index) = match first & 0xf0 {
+                    0x40..=0x70 => (6, true, false),
+                    0x10 => (4, false, true),
+                    _ => (4, false, false),
+                };
                 let name_index = read_int(b, &mut pos, prefix)?;
+                if over && !index_it {
+                    // Past the limit and not for the table: measure, keep nothing.
+                    let name_len = if name_index == 0 {
+                        skip_string(b, &mut pos)?
+                    } else {
+                        get(&self.table, name_index)?.name.len()
+                    };
+                    list = list.saturating_add(name_len + skip_string(b, &mut pos)? + 32);
+                    fields_seen = true;
+                    continue;
+                }
                 let name = if name_index == 0 {
                     read_string(b, &mut pos)?
                 } else {
                     get(&self.table, name_index)?.name
                 };
                 let value = read_string(b, &mut pos)?;
-                let f = Field { name, value };
-                list += f.size();
+                let f = Field {
+                    name,
+                    value,
+                    never_index,
+                };
+                list = list.saturating_add(f.size());
                 if index_it {
                     self.table.insert(f.clone());
                 }
                 out.push(f);
                 fields_seen = true;
             }
+            if list > limit && !out.is_empty() {
+                out.clear();
+            }
+        }
+        if list > limit {
+            out.clear();
         }
         Ok(list)
     }
@@ -297,8 +351,10 @@ fn policy(f: &Field) -> Policy {
 #[derive(Debug)]
 pub struct Encoder {
     table: Table,
-    /// A size update owed at the start of the next block.
-    pending_update: Option<usize>,
+    /// Size updates owed at the start of the next block: the smallest size
+    /// the table went through since the last block, then its size now
+    /// (RFC 7541 §4.2).
+    pending_update: Option<(usize, usize)>,
 }
 
 /// The largest dynamic table this encoder uses, whatever the peer allows.
@@ -352,14 +408,18 @@ impl Encoder {
         let max = (limit as usize).min(ENCODER_TABLE);
         if max != self.table.max {
             self.table.set_max(max);
-            self.pending_update = Some(max);
+            let least = self.pending_update.map_or(max, |(least, _)| least.min(max));
+            self.pending_update = Some((least, max));
         }
     }
 
     /// Appends the block encoding `fields` to `out`.
     pub fn encode<'a>(&mut self, fields: impl IntoIterator<Item = &'a Field>, out: &mut Vec<u8>) {
-        if let Some(size) = self.pending_update.take() {
-            write_int(out, 0x20, 5, size);
+        if let Some((least, now)) = self.pending_update.take() {
+            if least < now {
+                write_int(out, 0x20, 5, least);
+            }
+            write_int(out, 0x20, 5, now);
         }
         for f in fields {
             self.encode_one(f, out);
@@ -372,7 +432,7 @@ impl Encoder {
             write_int(out, 0x80, 7, i);
             return;
         }
-        let policy = policy(f);
+        let policy = if f.never_index { Policy::Never } else { policy(f) };
         let (bits, prefix) = match policy {
             Policy::Index => (0x40, 6),
             Policy::Literal => (0x00, 4),
@@ -464,7 +524,7 @@ mod tests {
     fn rfc_c4_requests_with_huffman_and_the_dynamic_table() {
         let mut d = Decoder::new(4096);
         let mut out = Vec::new();
-        d.decode(&hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"), &mut out)
+        d.decode(&hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"), &mut out, usize::MAX)
             .unwrap();
         assert_eq!(
             pairs(&out),
@@ -477,13 +537,15 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string()))
         );
         out.clear();
-        d.decode(&hex("8286 84be 5886 a8eb 1064 9cbf"), &mut out).unwrap();
+        d.decode(&hex("8286 84be 5886 a8eb 1064 9cbf"), &mut out, usize::MAX)
+            .unwrap();
         assert_eq!(pairs(&out)[3], (":authority".into(), "www.example.com".into()));
         assert_eq!(pairs(&out)[4], ("cache-control".into(), "no-cache".into()));
         out.clear();
         d.decode(
             &hex("8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf"),
             &mut out,
+            usize::MAX,
         )
         .unwrap();
         assert_eq!(pairs(&out)[2], (":path".into(), "/index.html".into()));
@@ -513,8 +575,11 @@ mod tests {
         assert!(second.len() < 40, "the second block is small: {} bytes", second.len());
         for block in [&first, &second] {
             let mut out = Vec::new();
-            d.decode(block, &mut out).unwrap();
-            assert_eq!(out, fields);
+            d.decode(block, &mut out, usize::MAX).unwrap();
+            let pairs = |f: &[Field]| f.iter().map(|f| (f.name.clone(), f.value.clone())).collect::<Vec<_>>();
+            assert_eq!(pairs(&out), pairs(&fields));
+            // Credentials arrive marked never-indexed, so the next hop keeps them out too.
+            assert!(out.iter().all(|f| f.never_index == (&f.name[..] == b"authorization")));
         }
         // Never-indexed credentials stay out of both tables.
         assert!(!e.table.entries.iter().any(|f| &f.name[..] == b"authorization"));
@@ -529,18 +594,21 @@ mod tests {
         assert_eq!(block[0], 0x20, "a size update to 0 comes first");
         let mut d = Decoder::new(4096);
         let mut out = Vec::new();
-        d.decode(&block, &mut out).unwrap();
+        d.decode(&block, &mut out, usize::MAX).unwrap();
         assert_eq!(d.table.max, 0);
         // Back up to 4096 (our limit) is allowed; 4097 is not; nor an update
         // after a field.
         out.clear();
-        d.decode(&[0x3f, 0xe1, 0x1f], &mut out).unwrap();
+        d.decode(&[0x3f, 0xe1, 0x1f], &mut out, usize::MAX).unwrap();
         assert_eq!(d.table.max, 4096);
         assert_eq!(
-            d.decode(&[0x3f, 0xe2, 0x1f], &mut out),
+            d.decode(&[0x3f, 0xe2, 0x1f], &mut out, usize::MAX),
             Err(DecodeError::SizeUpdate(4097))
         );
-        assert_eq!(d.decode(&[0x82, 0x20], &mut out), Err(DecodeError::SizeUpdate(0)));
+        assert_eq!(
+            d.decode(&[0x82, 0x20], &mut out, usize::MAX),
+            Err(DecodeError::SizeUpdate(0))
+        );
     }
 
     #[test]
@@ -548,16 +616,70 @@ mod tests {
         let mut d = Decoder::new(4096);
         let mut out = Vec::new();
         assert_eq!(
-            d.decode(&[0xff, 0xff, 0xff, 0x7f], &mut out),
+            d.decode(&[0xff, 0xff, 0xff, 0x7f], &mut out, usize::MAX),
             Err(DecodeError::BadIndex(2_097_278))
         );
-        assert_eq!(d.decode(&[0x80], &mut out), Err(DecodeError::BadIndex(0)));
-        assert_eq!(d.decode(&[0x41, 0x05, b'a'], &mut out), Err(DecodeError::Truncated));
-        assert_eq!(d.decode(&[0xbe], &mut out), Err(DecodeError::BadIndex(62)));
+        assert_eq!(d.decode(&[0x80], &mut out, usize::MAX), Err(DecodeError::BadIndex(0)));
         assert_eq!(
-            d.decode(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], &mut out),
+            d.decode(&[0x41, 0x05, b'a'], &mut out, usize::MAX),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(d.decode(&[0xbe], &mut out, usize::MAX), Err(DecodeError::BadIndex(62)));
+        assert_eq!(
+            d.decode(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], &mut out, usize::MAX),
             Err(DecodeError::Overflow)
         );
-        assert_eq!(d.decode(&[0x40, 0x81, 0x00, 0x00], &mut out), Err(DecodeError::Huffman));
+        assert_eq!(
+            d.decode(&[0x40, 0x81, 0x00, 0x00], &mut out, usize::MAX),
+            Err(DecodeError::Huffman)
+        );
+    }
+
+    #[test]
+    fn a_block_that_stands_for_gigabytes_keeps_nothing() {
+        let mut d = Decoder::new(4096);
+        let mut out = Vec::new();
+        // A 4 KB entry, then a million one-byte references to it.
+        let mut block = vec![0x40, 0x05];
+        block.extend_from_slice(b"x-big");
+        block.extend_from_slice(&[0x7f, 0xa1, 0x1e]); // length 4000 (127 + 33 + 30 × 128)
+        block.extend(std::iter::repeat_n(b'~', 4000));
+        block.extend(std::iter::repeat_n(0xbe, 1_000_000));
+        let size = d.decode(&block, &mut out, 65_536).unwrap();
+        assert!(size > 4_000_000_000, "the list size is still counted: {size}");
+        assert!(out.is_empty(), "nothing kept past the limit");
+        assert!(out.capacity() < 100, "and nothing grown: {}", out.capacity());
+        // The table stayed in step: the next block can use the entry.
+        d.decode(&[0xbe], &mut out, 65_536).unwrap();
+        assert_eq!(&out[0].name[..], b"x-big");
+    }
+
+    #[test]
+    fn never_indexed_fields_stay_so_on_the_next_hop() {
+        let mut d = Decoder::new(4096);
+        let mut out = Vec::new();
+        // Literal never indexed, new name "x-secret", value "s3cr3t".
+        let mut block = vec![0x10, 0x08];
+        block.extend_from_slice(b"x-secret");
+        block.push(0x06);
+        block.extend_from_slice(b"s3cr3t");
+        d.decode(&block, &mut out, usize::MAX).unwrap();
+        assert!(out[0].never_index);
+        let mut enc = Encoder::default();
+        let mut again = Vec::new();
+        enc.encode(&out, &mut again);
+        assert_eq!(again[0] & 0xf0, 0x10, "re-encoded never indexed: {again:x?}");
+        assert!(enc.table.entries.is_empty());
+    }
+
+    #[test]
+    fn a_table_size_lowered_and_raised_again_is_signalled_with_its_minimum() {
+        let mut enc = Encoder::default();
+        enc.set_peer_limit(0);
+        enc.set_peer_limit(4096);
+        let mut block = Vec::new();
+        enc.encode(&[], &mut block);
+        // Size updates to 0, then to 4096 (RFC 7541 §4.2).
+        assert_eq!(block, vec![0x20, 0x3f, 0xe1, 0x1f]);
     }
 }

@@ -57,6 +57,8 @@ struct Stream {
     response_done: bool,
     /// Request bytes written to the endpoint, not yet reported back.
     credit: u32,
+    /// Whether the stream waits in the connection's `blocked` queue.
+    queued: bool,
 }
 
 /// A queued request (no stream yet).
@@ -77,8 +79,9 @@ struct Up {
     goaway: Option<u32>,
     max_header_bytes: u32,
     going_away: Arc<AtomicBool>,
-    /// Streams with data waiting for window.
-    blocked: Vec<u32>,
+    /// Streams with request data that the connection window or a full
+    /// output buffer holds back (not those waiting for their own window).
+    blocked: VecDeque<u32>,
     scratch: Vec<Field>,
 }
 
@@ -96,7 +99,7 @@ pub async fn handshake(
     let settings = Wire::settings(None, max_header_bytes, true);
     let (tx, rx) = mpsc::unbounded_channel();
     let mut up = Up {
-        wire: Wire::new(tcp, BytesMut::new(), true, &settings),
+        wire: Wire::new(tcp, BytesMut::new(), true, &settings, max_header_bytes),
         addr,
         rx,
         rx_closed: false,
@@ -107,7 +110,7 @@ pub async fn handshake(
         goaway: None,
         max_header_bytes,
         going_away: Arc::new(AtomicBool::new(false)),
-        blocked: Vec::new(),
+        blocked: VecDeque::new(),
         scratch: Vec::new(),
     };
     // The endpoint's first frame must be its SETTINGS; no request is sent
@@ -188,8 +191,13 @@ impl Up {
                     Poll::Pending => break,
                 }
             }
-            // Frames from the endpoint (unless our output is backed up).
-            if !self.wire.read_closed && self.wire.output_len() < crate::WRITE_HIGH_WATER {
+            // Frames from the endpoint (unless our output is backed up);
+            // those already read (with the handshake) come first.
+            if !self.wire.read_closed && !self.wire.output_full() {
+                while let Some((head, payload)) = self.wire.next_frame()? {
+                    busy = true;
+                    self.on_frame(head, payload)?;
+                }
                 match self.wire.poll_read(cx) {
                     Poll::Ready(Ok(0)) => {
                         busy = true;
@@ -209,6 +217,12 @@ impl Up {
             match self.wire.poll_flush(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::new(code::INTERNAL_ERROR, e.to_string()))),
                 Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+            if !self.wire.output_full() && (!self.blocked.is_empty() || !self.queue.is_empty()) {
+                let before = self.wire.output_len();
+                self.unblock();
+                self.open_queued();
+                busy |= self.wire.output_len() != before;
             }
             if self.wire.read_closed {
                 return Poll::Ready(Err(ConnError::new(

@@ -45,7 +45,14 @@ pub struct Wire {
     pub conn_send: i64,
     /// Connection-level bytes received and not yet granted back.
     conn_credit: u32,
+    /// Whether connection-level credit is held back (the connection holds
+    /// as many of the peer's bytes as it may).
+    hold_credit: bool,
     pub partial: Option<Partial>,
+    /// The largest header block (HEADERS and its CONTINUATIONs, compressed)
+    /// the peer may send: a block this big decodes to more than the header
+    /// list limit anyway.
+    max_block: usize,
     /// Scratch space for encoding one header block.
     block: Vec<u8>,
 }
@@ -65,7 +72,7 @@ impl Wire {
 
     /// Wraps a socket, queueing this side's SETTINGS (and, for a client, the
     /// connection preface) and the connection window grant.
-    pub fn new(io: TcpStream, prefix: BytesMut, client: bool, settings: &[(u16, u32)]) -> Wire {
+    pub fn new(io: TcpStream, prefix: BytesMut, client: bool, settings: &[(u16, u32)], max_header_list: u32) -> Wire {
         let mut wbuf = Vec::with_capacity(128);
         if client {
             wbuf.extend_from_slice(frame::PREFACE);
@@ -88,7 +95,9 @@ impl Wire {
             peer_settings_seen: false,
             conn_send: i64::from(frame::DEFAULT_WINDOW),
             conn_credit: 0,
+            hold_credit: false,
             partial: None,
+            max_block: max_header_list as usize + (16 << 10),
             block: Vec::new(),
         }
     }
@@ -264,11 +273,29 @@ impl Wire {
     /// and grants them back in batches (connection-level credit is local;
     /// streams carry the end-to-end back-pressure).
     pub fn received(&mut self, n: u32) {
-        self.conn_credit += n;
-        if self.conn_credit >= CREDIT_BATCH {
+        self.conn_credit = self.conn_credit.saturating_add(n);
+        self.grant_conn_credit();
+    }
+
+    /// Holds connection-level credit back (`true`), or grants what was held.
+    pub fn hold_credit(&mut self, hold: bool) {
+        if self.hold_credit != hold {
+            self.hold_credit = hold;
+            self.grant_conn_credit();
+        }
+    }
+
+    fn grant_conn_credit(&mut self) {
+        if self.conn_credit >= CREDIT_BATCH && !self.hold_credit {
             frame::put_window_update(&mut self.wbuf, 0, self.conn_credit);
             self.conn_credit = 0;
         }
+    }
+
+    /// Whether the output buffer is as full as it may get: stream data
+    /// waits (and is not credited back to its sender) until it drains.
+    pub fn output_full(&self) -> bool {
+        self.output_len() >= crate::WRITE_HIGH_WATER
     }
 
     /// Queues a GOAWAY.
@@ -293,6 +320,9 @@ impl Wire {
                     }
                     block = &block[5..];
                 }
+                if block.len() > self.max_block {
+                    return Err(ConnError::new(code::ENHANCE_YOUR_CALM, "header block too large"));
+                }
                 let p = Partial {
                     stream: head.stream,
                     end_stream: head.has(flag::END_STREAM),
@@ -310,7 +340,7 @@ impl Wire {
                     return Err(ConnError::new(code::PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
                 };
                 p.block.extend_from_slice(&payload);
-                if p.block.len() > 1 << 20 {
+                if p.block.len() > self.max_block {
                     return Err(ConnError::new(code::ENHANCE_YOUR_CALM, "header block too large"));
                 }
                 if head.has(flag::END_HEADERS) {

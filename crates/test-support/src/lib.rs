@@ -2,6 +2,7 @@
 //! process or as real processes; read metrics; wait on conditions with
 //! deadlines (never sleep-and-hope).
 
+pub mod h2raw;
 pub mod http1;
 pub mod mesh;
 pub mod process;

@@ -12,7 +12,7 @@ use crate::{Answer, Dispatch, End, Failure, Field, frame, frame::code, grpc};
 impl<D: Dispatch> Down<D> {
     /// Answers a request with the proxy's own error and ends the stream.
     pub(super) fn fail(&mut self, id: u32, err: &D::Error) {
-        let Some(mut s) = self.streams.remove(&id) else { return };
+        let Some(mut s) = self.take_stream(id) else { return };
         cancel_upstream(&s);
         s.up = Upstream::Detached;
         let client_done = s.client_done;
@@ -100,6 +100,8 @@ impl<D: Dispatch> Down<D> {
                 self.fail(id, &err);
                 continue;
             }
+            self.resp_buffered = self.resp_buffered.saturating_sub(s.out_bytes);
+            s.out_bytes = 0;
             s.out.clear();
             let msg = grpc::encode_message(&format!("weft: {err}"));
             let trailers = [Field::new("grpc-status", "4"), Field::new("grpc-message", msg)];
@@ -110,7 +112,7 @@ impl<D: Dispatch> Down<D> {
             if !s.client_done {
                 frame::put_rst(&mut self.wire.wbuf, id, code::NO_ERROR);
             }
-            if let Some(s) = self.streams.remove(&id) {
+            if let Some(s) = self.take_stream(id) {
                 self.record(s, End::DeadlineExceeded);
             }
         }
@@ -120,7 +122,8 @@ impl<D: Dispatch> Down<D> {
 
     /// The response ended normally.
     pub(super) fn finish(&mut self, id: u32, end: End<'_, D::Error>) {
-        let Some(s) = self.streams.remove(&id) else { return };
+        let Some(s) = self.take_stream(id) else { return };
+        self.allowance.earn();
         if !s.client_done {
             // The answer is complete; the client may stop sending.
             frame::put_rst(&mut self.wire.wbuf, id, code::NO_ERROR);

@@ -15,29 +15,42 @@ use crate::{
 
 /// A request is kept for sending elsewhere only up to this size.
 pub(super) const REPLAY_LIMIT: usize = 64 << 10;
+/// Decoded header lists are kept in a reused buffer of up to this many
+/// fields; a bigger one is released after use.
+const SCRATCH_KEPT: usize = 128;
 
 impl<D: Dispatch> Down<D> {
     pub(super) fn on_headers(&mut self, block: wire::Partial) -> Result<(), ConnError> {
         let id = block.stream;
         let mut fields = std::mem::take(&mut self.scratch);
         fields.clear();
+        let limit = self.limits.max_header_bytes as usize;
         let size = self
             .wire
             .dec
-            .decode(&block.block, &mut fields)
+            .decode(&block.block, &mut fields, limit)
             .map_err(|e| ConnError::new(code::COMPRESSION_ERROR, e.to_string()))?;
         let result = if id <= self.last_stream {
-            self.on_trailers(id, block.end_stream, &mut fields)
+            self.on_trailers(id, block.end_stream, size, &mut fields)
         } else {
             self.on_request(id, block.end_stream, size, &mut fields)
         };
         fields.clear();
+        if fields.capacity() > SCRATCH_KEPT {
+            fields = Vec::new();
+        }
         self.scratch = fields;
         result
     }
 
     /// Trailers of a request already open.
-    fn on_trailers(&mut self, id: u32, end_stream: bool, fields: &mut Vec<Field>) -> Result<(), ConnError> {
+    fn on_trailers(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        size: usize,
+        fields: &mut Vec<Field>,
+    ) -> Result<(), ConnError> {
         let Some(s) = self.streams.get_mut(&id) else {
             return if id % 2 == 1 {
                 Ok(())
@@ -47,6 +60,14 @@ impl<D: Dispatch> Down<D> {
         };
         if s.client_done || !end_stream {
             self.reset_stream(id, code::PROTOCOL_ERROR);
+            return Ok(());
+        }
+        if size > self.limits.max_header_bytes as usize {
+            // Bounded like the head: a few bytes of references may stand
+            // for megabytes once re-encoded towards the endpoint.
+            self.reset_stream(id, code::PROTOCOL_ERROR);
+            self.dispatch
+                .connection_error(&self.conn, self.peer, "http_headers_too_large");
             return Ok(());
         }
         s.client_done = true;
@@ -80,6 +101,7 @@ impl<D: Dispatch> Down<D> {
         }
         self.last_stream = id;
         if self.goaway_sent || self.streams.len() >= self.limits.max_concurrent_streams as usize {
+            self.spend_control()?;
             frame::put_rst(&mut self.wire.wbuf, id, code::REFUSED_STREAM);
             return Ok(());
         }

@@ -24,23 +24,23 @@ impl<D: Dispatch> Down<D> {
                 end,
                 credit,
             } => {
+                self.credited(stream, credit);
                 let Some(s) = self.streams.get_mut(&stream) else { return };
-                s.client_credit += credit;
+                s.out_bytes += data.len();
+                self.resp_buffered += data.len();
                 s.out.push_back(Out::Data(data, end));
                 self.write_out(stream);
                 self.grant(stream);
             }
             ToDown::Trailers { stream, fields, credit } => {
+                self.credited(stream, credit);
                 let Some(s) = self.streams.get_mut(&stream) else { return };
-                s.client_credit += credit;
                 s.out.push_back(Out::Trailers(fields));
                 self.write_out(stream);
             }
             ToDown::Credit { stream, credit } => {
-                if let Some(s) = self.streams.get_mut(&stream) {
-                    s.client_credit += credit;
-                    self.grant(stream);
-                }
+                self.credited(stream, credit);
+                self.grant(stream);
             }
             ToDown::Reset { stream, code, detail } => self.on_upstream_reset(stream, code, detail),
             ToDown::Bounce { stream, detail } => self.on_bounce(stream, detail),
@@ -48,8 +48,8 @@ impl<D: Dispatch> Down<D> {
     }
 
     fn on_response_head(&mut self, stream: u32, fields: Vec<Field>, end: bool, credit: u32) {
+        self.credited(stream, credit);
         let Some(s) = self.streams.get_mut(&stream) else { return };
-        s.client_credit += credit;
         self.dispatch
             .responded(&mut s.x.call, s.x.pick.as_ref(), s.x.sent, &fields);
         s.head_sent = true;
@@ -79,7 +79,7 @@ impl<D: Dispatch> Down<D> {
             stream,
             if reason == code::NO_ERROR { code::CANCEL } else { reason },
         );
-        if let Some(s) = self.streams.remove(&stream) {
+        if let Some(s) = self.take_stream(stream) {
             let grpc_code = if reason == code::CANCEL {
                 grpc::code::CANCELLED
             } else {
@@ -129,13 +129,19 @@ impl<D: Dispatch> Down<D> {
         self.wire.return_block(block);
     }
 
-    /// Writes a stream's queued response as far as the windows allow.
+    /// Writes a stream's queued response as far as the windows and the
+    /// output buffer allow. A stream held back by the connection window or
+    /// a full buffer waits in `blocked`; one held back by its own window is
+    /// written again when the client grants it more.
     pub(super) fn write_out(&mut self, id: u32) {
         let Some(s) = self.streams.get_mut(&id) else { return };
         let max_frame = self.wire.peer.max_frame_size;
         let mut ended = None;
         let mut wrote = 0u32;
         while let Some(out) = s.out.front_mut() {
+            if self.wire.output_full() {
+                break;
+            }
             match out {
                 Out::Trailers(_) => {
                     let Some(Out::Trailers(fields)) = s.out.pop_front() else {
@@ -185,8 +191,11 @@ impl<D: Dispatch> Down<D> {
                 }
             }
         }
-        if ended.is_none() && !s.out.is_empty() && !self.blocked.contains(&id) {
-            self.blocked.push(id);
+        s.out_bytes -= wrote as usize;
+        self.resp_buffered = self.resp_buffered.saturating_sub(wrote as usize);
+        if ended.is_none() && !s.out.is_empty() && s.send_window > 0 && !s.queued {
+            s.queued = true;
+            self.blocked.push_back(id);
         }
         s.up_credit += wrote;
         if s.up_credit >= CREDIT_BATCH && ended.is_none() {
@@ -213,13 +222,20 @@ impl<D: Dispatch> Down<D> {
         }
     }
 
-    /// Writes what streams blocked on the connection window have queued.
+    /// Writes what held-back streams have queued, oldest first, while the
+    /// connection window and the output buffer have room: each call does
+    /// work in proportion to what it writes (a stream that cannot go yet
+    /// keeps its place).
     pub(super) fn unblock(&mut self) {
-        if self.blocked.is_empty() {
-            return;
-        }
-        for id in std::mem::take(&mut self.blocked) {
-            self.write_out(id);
+        for _ in 0..self.blocked.len() {
+            if self.wire.conn_send <= 0 || self.wire.output_full() {
+                break;
+            }
+            let Some(id) = self.blocked.pop_front() else { break };
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.queued = false;
+                self.write_out(id);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ impl Up {
             return Err(ConnError::new(code::PROTOCOL_ERROR, "header block interrupted"));
         }
         let mut delta = 0i64;
+        let conn_window = self.wire.conn_send;
         if self.wire.connection_frame(&head, &payload, &mut delta)? {
             if delta != 0 {
                 for s in self.streams.values_mut() {
@@ -28,7 +29,15 @@ impl Up {
             if head.kind == kind::SETTINGS {
                 self.open_queued();
             }
-            self.unblock();
+            // Only a larger window lets held-back data go (O(1) for a PING).
+            if delta > 0 {
+                let ids: Vec<u32> = self.streams.keys().copied().collect();
+                for id in ids {
+                    self.write_stream(id);
+                }
+            } else if self.wire.conn_send > conn_window {
+                self.unblock();
+            }
             return Ok(());
         }
         match head.kind {
@@ -113,7 +122,7 @@ impl Up {
         let size = self
             .wire
             .dec
-            .decode(&block.block, &mut fields)
+            .decode(&block.block, &mut fields, self.max_header_bytes as usize)
             .map_err(|e| ConnError::new(code::COMPRESSION_ERROR, e.to_string()))?;
         let id = block.stream;
         let Some(s) = self.streams.get_mut(&id) else {

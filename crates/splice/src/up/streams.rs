@@ -17,7 +17,7 @@ impl Up {
 
     /// Opens queued requests while the endpoint allows more streams.
     pub(super) fn open_queued(&mut self) {
-        while self.streams.len() < self.limit() && self.goaway.is_none() {
+        while self.streams.len() < self.limit() && self.goaway.is_none() && !self.wire.output_full() {
             let Some(Queued { open }) = self.queue.pop_front() else {
                 break;
             };
@@ -71,6 +71,7 @@ impl Up {
                     head_seen: false,
                     response_done: false,
                     credit: 0,
+                    queued: false,
                 },
             );
             self.by_key.insert(key, id);
@@ -78,12 +79,16 @@ impl Up {
         }
     }
 
-    /// Writes what a stream has queued, as far as the windows allow.
+    /// Writes what a stream has queued, as far as the windows and the
+    /// output buffer allow (see `Down::write_out`: the same rules).
     pub(super) fn write_stream(&mut self, id: u32) {
         let Some(s) = self.streams.get_mut(&id) else { return };
         let max_frame = self.wire.peer.max_frame_size as usize;
         let mut wrote = 0u32;
         while let Some(out) = s.out.front_mut() {
+            if self.wire.output_full() {
+                break;
+            }
             match out {
                 Out::Trailers(_) => {
                     let Some(Out::Trailers(fields)) = s.out.pop_front() else {
@@ -126,8 +131,9 @@ impl Up {
                 }
             }
         }
-        if !s.out.is_empty() && !self.blocked.contains(&id) {
-            self.blocked.push(id);
+        if !s.out.is_empty() && s.send_window > 0 && !s.queued {
+            s.queued = true;
+            self.blocked.push_back(id);
         }
         s.credit += wrote;
         if s.credit >= CREDIT_BATCH {
@@ -150,14 +156,18 @@ impl Up {
         }
     }
 
-    /// Retries writes of streams that waited for window.
+    /// Writes what held-back streams have queued, oldest first, while the
+    /// connection window and the output buffer have room.
     pub(super) fn unblock(&mut self) {
-        if self.blocked.is_empty() {
-            return;
-        }
-        let blocked = std::mem::take(&mut self.blocked);
-        for id in blocked {
-            self.write_stream(id);
+        for _ in 0..self.blocked.len() {
+            if self.wire.conn_send <= 0 || self.wire.output_full() {
+                break;
+            }
+            let Some(id) = self.blocked.pop_front() else { break };
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.queued = false;
+                self.write_stream(id);
+            }
         }
     }
 }

@@ -1,0 +1,335 @@
+//! Hostile peers against a real weft-proxy process: each attack runs beside
+//! a well-behaved client on another connection, which must get every answer
+//! throughout; the proxy's memory (VmHWM, from /proc) must stay under
+//! [`RSS_BOUND_MIB`]; and the attacking connection must be closed or
+//! throttled. How fast the good client is served under attack is a
+//! benchmark figure, not a test assertion.
+
+use std::{net::SocketAddr, time::Duration};
+
+use prost::Message;
+use weft_demo::{interop, square};
+use weft_test_support::{
+    DiscoveryFile, OpenLoad,
+    h2raw::{self, RawClient, RawEndpoint, Script, code, kind, setting},
+    mesh::channel_via,
+    process::{self, Proc},
+};
+
+/// The ceiling on the proxy's peak RSS under any one attack.
+const RSS_BOUND_MIB: u64 = 64;
+const SQUARE: &str = "square.test:50051";
+const BIG: &str = "big.test:50051";
+
+/// A weft-proxy process with a square replica and a TestService (for large
+/// responses) behind it, and a good client calling square at 50/s.
+struct Bed {
+    started: std::time::Instant,
+    proxy: Proc,
+    pid: u32,
+    outbound: SocketAddr,
+    good: Option<OpenLoad>,
+    _disc: DiscoveryFile,
+    _square: square::SquareHandle,
+    _big: interop::TestServerHandle,
+}
+
+impl Bed {
+    async fn start(args: &[&str]) -> Bed {
+        Self::start_with(args, None).await
+    }
+
+    /// As [`Bed::start`], with `big.test` served by `endpoint` instead.
+    async fn start_with(args: &[&str], endpoint: Option<SocketAddr>) -> Bed {
+        let sq = square::spawn(square::SquareOptions::named("square-0")).await.unwrap();
+        let big = interop::spawn().await.unwrap();
+        let disc = DiscoveryFile::new();
+        let big_addr = endpoint.unwrap_or(big.addr);
+        disc.write(&format!(
+            "services:\n  {SQUARE}:\n    endpoints: [{}]\n  {BIG}:\n    endpoints: [{big_addr}]\n",
+            sq.addr
+        ));
+        let path = disc.path.to_str().unwrap().to_string();
+        let mut all = vec!["--discovery-file", path.as_str()];
+        all.extend_from_slice(args);
+        let (proxy, outbound, _admin) = process::weft_proxy(&all).await;
+        let outbound = outbound.expect("outbound address");
+        let pid = proxy.child.id().expect("pid");
+        let good = OpenLoad::start(channel_via(outbound, SQUARE).await, 50);
+        Bed {
+            started: std::time::Instant::now(),
+            proxy,
+            pid,
+            outbound,
+            good: Some(good),
+            _disc: disc,
+            _square: sq,
+            _big: big,
+        }
+    }
+
+    fn hwm_mib(&self) -> u64 {
+        h2raw::rss_kib(self.pid).1 / 1024
+    }
+
+    /// Stops the good client: every one of its calls succeeded; the proxy
+    /// is alive and stayed under the memory bound.
+    async fn finish(mut self) {
+        // The good client runs for two seconds at least, whatever the attack.
+        let min = self.started + Duration::from_secs(2);
+        tokio::time::sleep_until(min.into()).await;
+        let calls = self.good.take().unwrap().finish().await;
+        let failed: Vec<_> = calls.iter().filter(|c| c.result.is_err()).collect();
+        assert!(calls.len() > 20, "the good client made {} calls", calls.len());
+        assert!(
+            failed.is_empty(),
+            "{} of {} good calls failed: {:?}",
+            failed.len(),
+            calls.len(),
+            failed.first()
+        );
+        assert!(matches!(self.proxy.child.try_wait(), Ok(None)), "the proxy died");
+        let hwm = self.hwm_mib();
+        assert!(hwm < RSS_BOUND_MIB, "peak RSS {hwm} MiB");
+    }
+}
+
+/// A request head plus a big literal (which enters the proxy's HPACK table
+/// as its newest and only entry, index 62; `~` is longer Huffman-coded, so
+/// the proxy re-encodes it as it came).
+fn head_with_big_entry(stream: u32, path: &str, end: bool) -> Vec<u8> {
+    let mut block = RawClient::plain_request_block(BIG, path);
+    h2raw::hpack_literal_indexed(&mut block, "x-big", &[b'~'; 4000]);
+    let mut out = Vec::new();
+    weft_splice::frame::put_headers(&mut out, stream, &block, end, 16_384);
+    out
+}
+
+/// A header block of `n` one-byte references to that 4,000-byte entry.
+fn bomb_block(n: usize) -> Vec<u8> {
+    let mut block = Vec::with_capacity(n);
+    for _ in 0..n {
+        h2raw::hpack_indexed(&mut block, 62);
+    }
+    block
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_do_not_amplify_into_memory() {
+    let bed = Bed::start(&[]).await;
+    let mut c = RawClient::connect(bed.outbound, &[], true).await;
+    // Each stream: a head that puts a 4 KB entry in the table, then trailers
+    // of 16,000 one-byte references to it (64 MB decoded).
+    for i in 0..10u32 {
+        let stream = 2 * i + 1;
+        let mut out = head_with_big_entry(stream, "/grpc.testing.TestService/UnaryCall", false);
+        weft_splice::frame::put_headers(&mut out, stream, &bomb_block(16_000), true, 16_384);
+        if !c.send(&out).await {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_bomb_is_not_decoded_into_memory() {
+    let bed = Bed::start(&[]).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = RawClient::connect(bed.outbound, &[], true).await;
+        // A head with the big entry, then a head of 1,000,000 references to it
+        // (about 4 GB decoded) on the next stream.
+        let mut out = head_with_big_entry(1, "/grpc.testing.TestService/UnaryCall", true);
+        let mut bomb = RawClient::plain_request_block(BIG, "/grpc.testing.TestService/UnaryCall");
+        bomb.extend(bomb_block(1_000_000));
+        weft_splice::frame::put_headers(&mut out, 3, &bomb, true, 16_384);
+        c.send(&out).await;
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bed.finish().await;
+    drop(clients);
+}
+
+/// Frames of a StreamingOutputCall asking for `chunks` responses of `size` bytes.
+fn big_response_request(c: &mut RawClient, stream: u32, chunks: usize, size: i32) -> Vec<u8> {
+    let req = weft_api::grpc_testing::StreamingOutputCallRequest {
+        response_parameters: (0..chunks)
+            .map(|_| weft_api::grpc_testing::ResponseParameters {
+                size,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let msg = weft_test_support::raw::grpc_frame(&req.encode_to_vec());
+    let mut out = c.request(stream, BIG, "/grpc.testing.TestService/StreamingOutputCall", false);
+    weft_splice::frame::put_data(&mut out, stream, &msg, true, 16_384);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_grants_window_but_never_reads_is_bounded() {
+    let bed = Bed::start(&[]).await;
+    // Never reads; grants every window there is.
+    let mut c = RawClient::connect(bed.outbound, &[(setting::INITIAL_WINDOW_SIZE, (1 << 31) - 1)], false).await;
+    let mut out = Vec::new();
+    weft_splice::frame::put_window_update(&mut out, 0, (1 << 31) - 1 - 65_535);
+    c.send(&out).await;
+    for i in 0..20u32 {
+        // 20 streams × 32 MiB of responses.
+        let out = big_response_request(&mut c, 2 * i + 1, 32, 1 << 20);
+        c.send(&out).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_grants_no_window_is_bounded() {
+    let bed = Bed::start(&[]).await;
+    let mut c = RawClient::connect(bed.outbound, &[(setting::INITIAL_WINDOW_SIZE, 0)], true).await;
+    for i in 0..100u32 {
+        // 100 streams, each with 2 MiB of responses waiting for window.
+        let out = big_response_request(&mut c, 2 * i + 1, 2, 1 << 20);
+        c.send(&out).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_gets_goaway_enhance_your_calm() {
+    let bed = Bed::start(&[]).await;
+    let mut c = RawClient::connect(bed.outbound, &[], true).await;
+    let mut stream = 1u32;
+    'attack: for _ in 0..100 {
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            out.extend(c.request(stream, SQUARE, "/square.Square/Square", false));
+            weft_splice::frame::put_rst(&mut out, stream, code::CANCEL);
+            stream += 2;
+        }
+        if !c.send(&out).await {
+            break 'attack;
+        }
+    }
+    let (goaway, _) = c.wait_goaway_or_close(Duration::from_secs(5)).await;
+    assert_eq!(
+        goaway,
+        Some(code::ENHANCE_YOUR_CALM),
+        "20,000 reset streams and no GOAWAY"
+    );
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_and_settings_flood_gets_goaway_enhance_your_calm() {
+    let bed = Bed::start(&[]).await;
+    let mut c = RawClient::connect(bed.outbound, &[], true).await;
+    for _ in 0..100 {
+        let mut out = Vec::new();
+        for i in 0..1_000u64 {
+            weft_splice::frame::put_head(&mut out, 8, kind::PING, 0, 0);
+            out.extend_from_slice(&i.to_be_bytes());
+            if i % 10 == 0 {
+                weft_splice::frame::put_settings(&mut out, &[]);
+            }
+        }
+        if !c.send(&out).await {
+            break;
+        }
+    }
+    let (goaway, _) = c.wait_goaway_or_close(Duration::from_secs(5)).await;
+    assert_eq!(goaway, Some(code::ENHANCE_YOUR_CALM), "100,000 PINGs and no GOAWAY");
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_off() {
+    let bed = Bed::start(&[]).await;
+    let mut c = RawClient::connect(bed.outbound, &[], true).await;
+    let mut out = c.request(1, SQUARE, "/square.Square/Square", false);
+    // Clear END_HEADERS: the block goes on in CONTINUATION frames, forever.
+    out[4] &= !h2raw::flag::END_HEADERS;
+    c.send(&out).await;
+    for _ in 0..2_000 {
+        let mut cont = Vec::new();
+        weft_splice::frame::put_head(&mut cont, 1_000, kind::CONTINUATION, 0, 1);
+        cont.extend_from_slice(&[0x40; 1_000]);
+        if !c.send(&cont).await {
+            break;
+        }
+    }
+    let (goaway, closed) = c.wait_goaway_or_close(Duration::from_secs(5)).await;
+    assert!(goaway.is_some() || closed, "2 MB of CONTINUATION accepted");
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_sent_slowly_is_cut_off() {
+    let bed = Bed::start(&["--header-timeout", "1s"]).await;
+    let mut c = RawClient::connect(bed.outbound, &[], true).await;
+    let mut out = c.request(1, SQUARE, "/square.Square/Square", false);
+    out[4] &= !h2raw::flag::END_HEADERS;
+    c.send(&out).await;
+    // One byte of the block every 300 ms: never complete.
+    let mut cut = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut cont = Vec::new();
+        weft_splice::frame::put_head(&mut cont, 1, kind::CONTINUATION, 0, 1);
+        cont.push(0x40);
+        if !c.send(&cont).await || c.goaway().is_some() || c.closed() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a header block dribbled over 6 s was never cut off");
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_streams_stay_within_bounds() {
+    let bed = Bed::start(&[]).await;
+    let mut c = RawClient::connect(bed.outbound, &[], true).await;
+    let mut stream = 1u32;
+    for _ in 0..50 {
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            // A request whose body never comes.
+            out.extend(c.request(stream, SQUARE, "/square.Square/Square", false));
+            stream += 2;
+        }
+        if !c.send(&out).await {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_allows_no_streams_fails_requests_after_the_fail_fast_timeout() {
+    let zero = RawEndpoint::spawn(Script {
+        settings: vec![(setting::MAX_CONCURRENT_STREAMS, 0)],
+        ..Default::default()
+    })
+    .await;
+    let bed = Bed::start_with(&["--fail-fast-timeout", "1s"], Some(zero.addr)).await;
+    let started = std::time::Instant::now();
+    let call = weft_test_support::raw::grpc_call(bed.outbound, BIG, "/grpc.testing.TestService/EmptyCall", &[], &[]);
+    let resp = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("an answer, not a request queued forever")
+        .unwrap();
+    assert_eq!(resp.grpc_status(), Some(14), "UNAVAILABLE: {resp:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(zero.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
+    bed.finish().await;
+}

@@ -236,6 +236,7 @@ fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Rout
     let client = Arc::new(ClientParams {
         connect_timeout: config.connect_timeout,
         max_header_bytes: config.max_header_bytes,
+        fail_fast: config.fail_fast_timeout,
         metrics: metrics.clone(),
         engine: config.h2_engine,
     });

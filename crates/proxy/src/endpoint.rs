@@ -46,6 +46,8 @@ use crate::{
 pub(crate) struct ClientParams {
     pub connect_timeout: Duration,
     pub max_header_bytes: u32,
+    /// How long a request waits for an endpoint's stream (and for a ready endpoint).
+    pub fail_fast: Duration,
     pub metrics: Arc<Metrics>,
     pub engine: H2Engine,
 }

@@ -43,7 +43,7 @@ mod wire;
 
 pub use dispatch::{Answer, Dispatch, End, Failure, RequestHead};
 pub use hpack::Field;
-pub use messages::{ConnError, DownTx, Open, StreamKey, ToDown, ToUp, UpHandle, UpTx};
+pub use messages::{ConnError, DownTx, Open, StreamKey, ToDown, ToUp, UpHandle, UpPhase, UpTx};
 
 /// Stream window this proxy grants each peer stream (SETTINGS_INITIAL_WINDOW_SIZE).
 pub const STREAM_WINDOW: u32 = 1 << 20;

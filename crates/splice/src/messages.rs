@@ -24,6 +24,18 @@ pub type UpTx = mpsc::UnboundedSender<ToUp>;
 /// Where an endpoint connection sends a client connection its responses.
 pub type DownTx = mpsc::UnboundedSender<ToDown>;
 
+/// Where an endpoint connection is in its life, as its endpoint watches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpPhase {
+    /// Taking requests.
+    Open,
+    /// Finishing its streams, taking no new ones (the endpoint sent GOAWAY,
+    /// or the stream ids ran out): a replacement may open at once.
+    GoingAway,
+    /// Over.
+    Closed,
+}
+
 /// An endpoint connection as its endpoint holds it.
 #[derive(Clone, Debug)]
 pub struct UpHandle {
@@ -111,6 +123,12 @@ pub enum ToDown {
     /// the connection ended, or the endpoint refused the stream or went away
     /// before reaching it. The client connection may send it elsewhere.
     Bounce {
+        stream: u32,
+        detail: String,
+    },
+    /// The request was never sent and will not be: it waited longer than
+    /// the endpoint connection's queue allows. The client connection fails it.
+    Fail {
         stream: u32,
         detail: String,
     },

@@ -22,16 +22,24 @@ use std::{
     collections::VecDeque,
     future::poll_fn,
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
-use tokio::{net::TcpStream, sync::mpsc};
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use crate::{
-    ConnError, DownTx, Field, IdMap, Open, StreamKey, ToDown, ToUp, UpHandle,
+    ConnError, DownTx, Field, IdMap, Open, StreamKey, ToDown, ToUp, UpHandle, UpPhase,
     frame::{self, code, flag, kind},
     wire::Wire,
 };
@@ -64,7 +72,28 @@ struct Stream {
 /// A queued request (no stream yet).
 struct Queued {
     open: Box<Open>,
+    /// When it was queued: it fails after `Options::queue_timeout`.
+    since: Instant,
 }
+
+/// How an endpoint connection is run.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// How long the handshake (the endpoint's first SETTINGS) may take.
+    pub handshake_timeout: Duration,
+    /// Largest response header list accepted, in bytes.
+    pub max_header_bytes: u32,
+    /// How long a request may wait for one of the endpoint's streams
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS) before it fails with UNAVAILABLE.
+    pub queue_timeout: Duration,
+    /// How many requests may wait; one more is sent back to its client
+    /// connection, which tries another endpoint.
+    pub max_queued: usize,
+}
+
+/// Stream ids past this mark make the connection go away (and a
+/// replacement open) before the ids run out at 2³¹.
+const LAST_STREAM_ID: u32 = (1 << 31) - (1 << 16);
 
 struct Up {
     wire: Wire,
@@ -77,27 +106,29 @@ struct Up {
     next_id: u32,
     /// The endpoint said it goes away; streams above this id were not processed.
     goaway: Option<u32>,
+    options: Options,
     max_header_bytes: u32,
     going_away: Arc<AtomicBool>,
+    phase: watch::Sender<UpPhase>,
+    /// When the oldest queued request must fail.
+    queue_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Streams with request data that the connection window or a full
     /// output buffer holds back (not those waiting for their own window).
     blocked: VecDeque<u32>,
     scratch: Vec<Field>,
 }
 
-/// Exchanges SETTINGS with an endpoint over a connected socket (within
-/// `timeout`), and starts the connection task. Returns the handle requests
-/// are sent on and a receiver that completes when the connection has ended.
-pub async fn handshake(
-    tcp: TcpStream,
-    timeout: Duration,
-    max_header_bytes: u32,
-) -> Result<(UpHandle, tokio::sync::oneshot::Receiver<()>), String> {
+/// Exchanges SETTINGS with an endpoint over a connected socket, and starts
+/// the connection task. Returns the handle requests are sent on and a watch
+/// of the connection's phase (open, going away, closed).
+pub async fn handshake(tcp: TcpStream, options: Options) -> Result<(UpHandle, watch::Receiver<UpPhase>), String> {
+    let max_header_bytes = options.max_header_bytes;
     let addr = tcp
         .peer_addr()
         .map_err(|e| format!("connection lost before the handshake: {e}"))?;
     let settings = Wire::settings(None, max_header_bytes, true);
     let (tx, rx) = mpsc::unbounded_channel();
+    let (phase, phase_rx) = watch::channel(UpPhase::Open);
     let mut up = Up {
         wire: Wire::new(tcp, BytesMut::new(), true, &settings, max_header_bytes),
         addr,
@@ -108,15 +139,18 @@ pub async fn handshake(
         queue: VecDeque::new(),
         next_id: 1,
         goaway: None,
+        options,
         max_header_bytes,
         going_away: Arc::new(AtomicBool::new(false)),
+        phase,
+        queue_timer: None,
         blocked: VecDeque::new(),
         scratch: Vec::new(),
     };
     // The endpoint's first frame must be its SETTINGS; no request is sent
     // before it, so its stream limit is known from the first request on.
     let handshake = poll_fn(|cx| up.poll_handshake(cx));
-    match tokio::time::timeout(timeout, handshake).await {
+    match tokio::time::timeout(options.handshake_timeout, handshake).await {
         Err(_) => return Err("HTTP/2 handshake timed out (no SETTINGS from the endpoint)".into()),
         Ok(Err(e)) => return Err(format!("HTTP/2 handshake failed: {}", e.reason)),
         Ok(Ok(())) => {}
@@ -125,7 +159,6 @@ pub async fn handshake(
         tx,
         going_away: up.going_away.clone(),
     };
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let result = poll_fn(|cx| up.poll_run(cx)).await;
         if let Err(e) = &result {
@@ -137,9 +170,9 @@ pub async fn handshake(
                 .map(|e| e.reason)
                 .unwrap_or_else(|| "the endpoint closed the connection".into()),
         );
-        let _ = done_tx.send(());
+        up.phase.send_replace(UpPhase::Closed);
     });
-    Ok((handle, done_rx))
+    Ok((handle, phase_rx))
 }
 
 impl Up {
@@ -224,6 +257,13 @@ impl Up {
                 self.open_queued();
                 busy |= self.wire.output_len() != before;
             }
+            if let Some(t) = self.queue_timer.as_mut()
+                && t.as_mut().poll(cx).is_ready()
+            {
+                self.queue_timer = None;
+                self.expire_queued();
+                busy = true;
+            }
             if self.wire.read_closed {
                 return Poll::Ready(Err(ConnError::new(
                     code::NO_ERROR,
@@ -243,11 +283,23 @@ impl Up {
     fn on_message(&mut self, msg: ToUp) -> Result<(), ConnError> {
         match msg {
             ToUp::Open(open) => {
-                if self.goaway.is_some() || self.next_id > 0x7fff_fffe {
+                if self.goaway.is_some() || self.next_id > LAST_STREAM_ID {
+                    self.go_away();
                     self.bounce(&open.reply, open.key.stream, "the endpoint connection is going away");
+                } else if self.queue.len() >= self.options.max_queued {
+                    let detail = format!(
+                        "{} requests already wait for one of the endpoint's {} streams",
+                        self.queue.len(),
+                        self.limit()
+                    );
+                    self.bounce(&open.reply, open.key.stream, &detail);
                 } else {
-                    self.queue.push_back(Queued { open });
+                    self.queue.push_back(Queued {
+                        open,
+                        since: Instant::now(),
+                    });
                     self.open_queued();
+                    self.arm_queue_timer();
                 }
             }
             ToUp::Data { key, data, end } => {
@@ -295,6 +347,51 @@ impl Up {
             }
         }
         Ok(())
+    }
+
+    /// The connection takes no new requests: its endpoint may open a
+    /// replacement at once, while this one finishes its streams.
+    pub(super) fn go_away(&mut self) {
+        if !self.going_away.swap(true, Ordering::Relaxed) {
+            self.phase.send_replace(UpPhase::GoingAway);
+        }
+    }
+
+    /// Arms the timer for the oldest queued request.
+    fn arm_queue_timer(&mut self) {
+        let Some(oldest) = self.queue.front() else {
+            self.queue_timer = None;
+            return;
+        };
+        let at = oldest.since + self.options.queue_timeout;
+        match self.queue_timer.as_mut() {
+            Some(t) if t.deadline() == at => {}
+            Some(t) => t.as_mut().reset(at),
+            None => self.queue_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Fails the requests that waited longer than the queue timeout (the
+    /// queue is in arrival order: the oldest come first).
+    fn expire_queued(&mut self) {
+        let now = Instant::now();
+        while let Some(q) = self.queue.front() {
+            if now < q.since + self.options.queue_timeout {
+                break;
+            }
+            let Some(q) = self.queue.pop_front() else { break };
+            let detail = format!(
+                "endpoint {} took no new stream for {:?} (it allows {} at once, all busy)",
+                self.addr,
+                self.options.queue_timeout,
+                self.limit()
+            );
+            let _ = q.open.reply.send(ToDown::Fail {
+                stream: q.open.key.stream,
+                detail,
+            });
+        }
+        self.arm_queue_timer();
     }
 
     /// The connection ended. Queued requests were never sent: they go back.

@@ -230,8 +230,9 @@ pub struct Script {
     pub read: bool,
     /// Whether it answers requests (a gRPC OK with an empty message).
     pub answer: bool,
-    /// Sends GOAWAY (last stream = the newest) after this many requests on
-    /// a connection, leaving its requests open.
+    /// On its first connection, sends GOAWAY (last stream = the newest)
+    /// after this many requests, leaving them unanswered (later connections
+    /// answer as usual).
     pub goaway_after: Option<usize>,
 }
 
@@ -277,8 +278,12 @@ impl RawEndpoint {
                 if s.load(Ordering::Relaxed) {
                     return;
                 }
-                c.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(serve_endpoint(sock, script.clone(), r.clone(), s.clone()));
+                let nth = c.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut script = script.clone();
+                if nth > 1 {
+                    script.goaway_after = None;
+                }
+                tokio::spawn(serve_endpoint(sock, script, r.clone(), s.clone()));
             }
         });
         RawEndpoint {

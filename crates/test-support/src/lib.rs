@@ -100,8 +100,13 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// (the test command builds them all before testing).
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // target/<profile>/deps/<test> → target/<profile>/<name>; WEFT_TEST_BIN_DIR
+    // runs the tests against another build (e.g. to see a new test fail on
+    // an older one).
+    let dir = match std::env::var_os("WEFT_TEST_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => exe.parent().and_then(Path::parent).expect("target dir").to_path_buf(),
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

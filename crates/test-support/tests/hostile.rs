@@ -333,3 +333,46 @@ async fn an_endpoint_that_allows_no_streams_fails_requests_after_the_fail_fast_t
     assert_eq!(zero.requests.load(std::sync::atomic::Ordering::Relaxed), 0);
     bed.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_goes_away_is_replaced_at_once() {
+    // Sends GOAWAY on its first connection as soon as a request arrives (as
+    // grpc-go does at MaxConnectionAge) and leaves that request open.
+    let ep = RawEndpoint::spawn(Script {
+        goaway_after: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let bed = Bed::start_with(&["--fail-fast-timeout", "2s"], Some(ep.addr)).await;
+    let outbound = bed.outbound;
+    let long = tokio::spawn(async move {
+        weft_test_support::raw::grpc_call(outbound, BIG, "/grpc.testing.TestService/EmptyCall", &[], &[]).await
+    });
+    weft_test_support::eventually(
+        "the first request to reach the endpoint",
+        Duration::from_secs(5),
+        || async { (ep.requests.load(std::sync::atomic::Ordering::Relaxed) >= 1).then_some(()) },
+    )
+    .await;
+    // The first connection still has its open stream; a new request must
+    // not wait for it to end.
+    let started = std::time::Instant::now();
+    let call = weft_test_support::raw::grpc_call(bed.outbound, BIG, "/grpc.testing.TestService/EmptyCall", &[], &[]);
+    let resp = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(resp.grpc_status(), Some(0), "{resp:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ep.conns.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "a second connection"
+    );
+    long.abort();
+    bed.finish().await;
+}

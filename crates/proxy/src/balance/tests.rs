@@ -28,6 +28,7 @@ fn client() -> Arc<ClientParams> {
     Arc::new(ClientParams {
         connect_timeout: Duration::from_millis(200),
         max_header_bytes: 65_536,
+        fail_fast: Duration::from_secs(3),
         metrics: Metrics::new().0,
         engine: H2Engine::Splice,
     })

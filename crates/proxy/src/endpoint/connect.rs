@@ -7,6 +7,7 @@ use std::{sync::Weak, time::Duration};
 use tokio::{net::TcpStream, sync::watch, time::Instant};
 
 use super::{ConnState, Endpoint};
+use weft_splice::UpPhase;
 
 /// First reconnect delay; doubles per failure up to [`BACKOFF_MAX`].
 pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -43,14 +44,16 @@ pub(super) async fn drive_h2(endpoint: Weak<Endpoint>, mut retired: watch::Recei
             _ = retired.wait_for(|r| *r) => return,
         };
         let delay = match attempt {
-            Ok((conn, closed)) => {
+            Ok((conn, mut phase)) => {
                 let opened = Instant::now();
                 ep.set_state(ConnState::Ready(conn));
                 drop(ep);
-                // The connection task tells us when the connection ends; when
-                // the endpoint is retired, its sender is dropped and the
+                // The connection tells us when it stops taking requests: it
+                // ended, or it goes away (GOAWAY, stream ids running out) and
+                // finishes its streams on its own while a replacement opens.
+                // When the endpoint is retired, its sender is dropped and the
                 // connection closes once in-flight requests are done.
-                let _ = closed.await;
+                let _ = phase.wait_for(|p| *p != UpPhase::Open).await;
                 let Some(ep) = endpoint.upgrade() else { return };
                 if ep.is_retired() {
                     return;

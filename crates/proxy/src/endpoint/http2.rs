@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use hyper::{Request, Response, body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use weft_splice::{UpHandle, UpTx};
+use tokio::sync::watch;
+use weft_splice::{UpHandle, UpPhase, UpTx, up};
 
 use super::{ConnState, Endpoint, SendFailure};
 use crate::{config::H2Engine, core::lock, error::ProxyError};
@@ -25,18 +26,28 @@ impl H2Conn {
     }
 }
 
-/// Completes when an endpoint connection has ended.
-pub(super) type Closed = tokio::sync::oneshot::Receiver<()>;
+/// Requests that wait for one of an endpoint connection's streams: at most
+/// this many per connection; more go to another endpoint.
+const MAX_QUEUED: usize = 1024;
+
+/// Where an endpoint connection is in its life (open, going away, closed).
+pub(super) type Phase = watch::Receiver<UpPhase>;
 
 impl Endpoint {
     /// Connects and completes the HTTP/2 handshake (the endpoint's first
     /// SETTINGS included) with the configured engine.
-    pub(super) async fn connect_h2(&self) -> Result<(H2Conn, Closed), String> {
+    pub(super) async fn connect_h2(&self) -> Result<(H2Conn, Phase), String> {
         let tcp = self.connect_tcp().await?;
         let timeout = self.params.connect_timeout;
         if self.params.engine == H2Engine::Splice {
-            let (handle, closed) = weft_splice::up::handshake(tcp, timeout, self.params.max_header_bytes).await?;
-            return Ok((H2Conn::Splice(handle), closed));
+            let options = up::Options {
+                handshake_timeout: timeout,
+                max_header_bytes: self.params.max_header_bytes,
+                queue_timeout: self.params.fail_fast,
+                max_queued: MAX_QUEUED,
+            };
+            let (handle, phase) = up::handshake(tcp, options).await?;
+            return Ok((H2Conn::Splice(handle), phase));
         }
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
@@ -57,15 +68,15 @@ impl Endpoint {
             Ok(Err(e)) => return Err(format!("HTTP/2 handshake failed: {}", crate::error::chain(&e))),
             Ok(Ok(pair)) => pair,
         };
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (phase, phase_rx) = watch::channel(UpPhase::Open);
         let addr = self.meta.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%addr, error = %crate::error::chain(&e), "HTTP/2 endpoint connection ended");
             }
-            let _ = done_tx.send(());
+            phase.send_replace(UpPhase::Closed);
         });
-        Ok((H2Conn::Hyper(sender), done_rx))
+        Ok((H2Conn::Hyper(sender), phase_rx))
     }
 
     /// The splice engine's handle to the endpoint's connection, when ready.

@@ -40,6 +40,7 @@ fn router(discovery: Arc<dyn Discover>, idle: Duration) -> Arc<Router> {
     let client = Arc::new(ClientParams {
         connect_timeout: Duration::from_millis(200),
         max_header_bytes: 65_536,
+        fail_fast: Duration::from_secs(3),
         metrics: Metrics::new().0,
         engine: H2Engine::Splice,
     });

@@ -44,6 +44,12 @@ impl<D: Dispatch> Down<D> {
             }
             ToDown::Reset { stream, code, detail } => self.on_upstream_reset(stream, code, detail),
             ToDown::Bounce { stream, detail } => self.on_bounce(stream, detail),
+            ToDown::Fail { stream, detail } => {
+                let Some(s) = self.streams.get_mut(&stream) else { return };
+                s.up = Upstream::Detached;
+                let e = self.dispatch.error(&s.x.call, None, Failure::Unsent(detail));
+                self.fail(stream, &e);
+            }
         }
     }
 

@@ -2,8 +2,6 @@
 //! stream go back to the client connection that sent its request; resets,
 //! refusals and GOAWAY tell it whether the request may go elsewhere.
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 
 use super::{Up, reason};
@@ -99,8 +97,8 @@ impl Up {
         }
         let last = u32::from_be_bytes([payload[0] & 0x7f, payload[1], payload[2], payload[3]]);
         self.goaway = Some(last);
-        // The endpoint stops sending new requests here at once.
-        self.going_away.store(true, Ordering::Relaxed);
+        // New requests go elsewhere at once, and a replacement connection opens.
+        self.go_away();
         // Streams above `last` were never processed: send them again elsewhere.
         let above: Vec<u32> = self.streams.keys().copied().filter(|id| *id > last).collect();
         for id in above {

@@ -18,7 +18,7 @@ impl Up {
     /// Opens queued requests while the endpoint allows more streams.
     pub(super) fn open_queued(&mut self) {
         while self.streams.len() < self.limit() && self.goaway.is_none() && !self.wire.output_full() {
-            let Some(Queued { open }) = self.queue.pop_front() else {
+            let Some(Queued { open, .. }) = self.queue.pop_front() else {
                 break;
             };
             if open.reply.is_closed() {

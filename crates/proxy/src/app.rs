@@ -25,7 +25,7 @@ use crate::{
         admin::{self, AdminState, BalancerCollector},
         metrics::Metrics,
     },
-    transport::{LocalAddrs, OwnAddrs},
+    transport::{LocalAddrs, OwnAddrs, SocketOptions},
 };
 
 /// The proxy's bound listeners.
@@ -239,6 +239,8 @@ fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Rout
         fail_fast: config.fail_fast_timeout,
         metrics: metrics.clone(),
         engine: config.h2_engine,
+        timeouts: server::timeouts(config, None),
+        sockets: SocketOptions::from_config(config),
     });
     let idle = config.balancer_idle_timeout;
     let outbound = Router::new(discovery, own.clone(), balance.clone(), client.clone(), idle);

@@ -109,6 +109,33 @@ pub struct Config {
     #[arg(long, env = "WEFT_MAX_CONTROL_FRAMES", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(10..))]
     pub max_control_frames: u32,
 
+    /// Send a PING on an HTTP/2 connection (to a client or an endpoint) after
+    /// this long without a frame from the peer, or `off`.
+    #[arg(long, env = "WEFT_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = parse_toggle)]
+    pub keepalive_interval: Toggle,
+
+    /// Close the connection when nothing arrives this long after a keepalive
+    /// PING: the peer vanished (its requests in flight fail, an endpoint
+    /// reconnects).
+    #[arg(long, env = "WEFT_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Send an HTTP/2 client connection away (GOAWAY NO_ERROR) after this
+    /// long without an open stream, or `off`.
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_toggle)]
+    pub idle_timeout: Toggle,
+
+    /// How long a request's header block may take to arrive whole (HTTP/2:
+    /// HEADERS and its CONTINUATION frames; HTTP/1.1: the request head).
+    #[arg(long, env = "WEFT_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// TCP_USER_TIMEOUT on every connection: how long sent data may go
+    /// unacknowledged before the kernel drops the connection, or `off`.
+    /// (TCP keepalive probes follow --keepalive-interval.)
+    #[arg(long, env = "WEFT_TCP_USER_TIMEOUT", default_value = "30s", value_parser = parse_toggle)]
+    pub tcp_user_timeout: Toggle,
+
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -215,6 +242,11 @@ impl Config {
             "max_header_bytes": self.max_header_bytes,
             "connection_buffer_limit": self.connection_buffer_limit,
             "max_control_frames": self.max_control_frames,
+            "keepalive_interval": self.keepalive_interval.to_string(),
+            "keepalive_timeout_ms": self.keepalive_timeout.as_secs_f64() * 1e3,
+            "idle_timeout": self.idle_timeout.to_string(),
+            "header_timeout_ms": self.header_timeout.as_secs_f64() * 1e3,
+            "tcp_user_timeout": self.tcp_user_timeout.to_string(),
             "shutdown_grace_ms": self.shutdown_grace.as_secs_f64() * 1e3,
             "balancer_idle_timeout_ms": self.balancer_idle_timeout.as_secs_f64() * 1e3,
             "threads": self.threads,
@@ -297,6 +329,30 @@ impl fmt::Display for H2Engine {
             H2Engine::Splice => "splice",
             H2Engine::Hyper => "hyper",
         })
+    }
+}
+
+/// A duration, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Toggle(pub Option<Duration>);
+
+impl fmt::Display for Toggle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            Some(d) => write!(f, "{d:?}"),
+        }
+    }
+}
+
+/// Parses a duration (see [`parse_duration`]) or `off`.
+pub fn parse_toggle(s: &str) -> Result<Toggle, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Toggle(None));
+    }
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("`{s}` is zero: write `off` to turn it off")),
+        d => Ok(Toggle(Some(d))),
     }
 }
 
@@ -410,6 +466,15 @@ mod tests {
         assert!(parse_duration("9999999999h").unwrap_err().contains("out of range"));
         assert!(parse_duration("366d").is_err());
         assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+    }
+
+    #[test]
+    fn toggles() {
+        assert_eq!(parse_toggle("off").unwrap(), Toggle(None));
+        assert_eq!(parse_toggle("20s").unwrap(), Toggle(Some(Duration::from_secs(20))));
+        assert!(parse_toggle("0s").unwrap_err().contains("write `off`"));
+        let c = Config::defaults();
+        assert_eq!(c.idle_timeout, Toggle(Some(Duration::from_secs(300))));
     }
 
     #[test]

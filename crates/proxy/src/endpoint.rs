@@ -39,6 +39,7 @@ use crate::{
     discovery::EndpointMeta,
     error::ProxyError,
     telemetry::metrics::{Metrics, TcpLabels},
+    transport::SocketOptions,
 };
 
 /// Settings shared by every endpoint client.
@@ -50,6 +51,10 @@ pub(crate) struct ClientParams {
     pub fail_fast: Duration,
     pub metrics: Arc<Metrics>,
     pub engine: H2Engine,
+    /// Keepalive and header-block timeouts of HTTP/2 endpoint connections.
+    pub timeouts: weft_splice::Timeouts,
+    /// The kernel's timers on endpoint sockets.
+    pub sockets: SocketOptions,
 }
 
 enum ConnState {

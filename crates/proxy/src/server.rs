@@ -23,8 +23,18 @@ use crate::{
     route::Router,
     tcp,
     telemetry::metrics::{DetectLabels, Metrics},
-    transport::{self, DetectParams, PrefixedIo},
+    transport::{self, DetectParams, PrefixedIo, SocketOptions},
 };
+
+/// The HTTP/2 timeouts of connections (`idle` for client connections only).
+pub(crate) fn timeouts(config: &Config, idle: Option<std::time::Duration>) -> weft_splice::Timeouts {
+    weft_splice::Timeouts {
+        keepalive_interval: config.keepalive_interval.0,
+        keepalive_timeout: config.keepalive_timeout,
+        idle,
+        header: config.header_timeout,
+    }
+}
 
 /// The side a listener serves, and how it finds where connections go.
 pub(crate) enum Side {
@@ -60,6 +70,7 @@ pub(crate) struct ServerCtx {
     hyper: HyperServer,
     /// HTTP/2 through the splice engine, within these limits (`None`: through hyper).
     splice: Option<Limits>,
+    sockets: SocketOptions,
 }
 
 impl ServerCtx {
@@ -78,13 +89,19 @@ impl ServerCtx {
                 opaque_ports: config.opaque_ports.clone(),
             },
             fail_fast: config.fail_fast_timeout,
-            hyper: HyperServer::new(config.max_concurrent_streams, config.max_header_bytes),
+            hyper: HyperServer::new(
+                config.max_concurrent_streams,
+                config.max_header_bytes,
+                config.header_timeout,
+            ),
             splice: (config.h2_engine == H2Engine::Splice).then_some(Limits {
                 max_concurrent_streams: config.max_concurrent_streams,
                 max_header_bytes: config.max_header_bytes,
                 max_buffered: config.connection_buffer_limit,
                 max_control_frames: config.max_control_frames,
+                timeouts: timeouts(config, config.idle_timeout.0),
             }),
+            sockets: SocketOptions::from_config(config),
         }
     }
 }
@@ -113,7 +130,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: dra
 async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCtx>, drain: drain::Watch) {
     let direction = ctx.side.direction();
     let _open = ctx.metrics.tcp_accepted(direction.label());
-    let _ = stream.set_nodelay(true);
+    ctx.sockets.apply(&stream);
 
     let orig_dst = transport::original_dst(&stream);
     let target = match ctx.side.target(orig_dst) {

@@ -21,6 +21,44 @@ pub(crate) use prefixed::PrefixedIo;
 use crate::{config::PortSet, core::Proto};
 use detect::Detected;
 
+/// The kernel's timers on a connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SocketOptions {
+    /// TCP_USER_TIMEOUT: unacknowledged data older than this drops the connection.
+    pub user_timeout: Option<Duration>,
+    /// TCP keepalive probes after this much silence (every third of it, three times).
+    pub keepalive: Option<Duration>,
+}
+
+impl SocketOptions {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Self {
+        SocketOptions {
+            user_timeout: config.tcp_user_timeout.0,
+            keepalive: config.keepalive_interval.0,
+        }
+    }
+
+    /// Sets them on `stream` (with TCP_NODELAY); a failure is logged, not fatal.
+    pub(crate) fn apply(&self, stream: &TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let sock = socket2::SockRef::from(stream);
+        if let Some(t) = self.user_timeout
+            && let Err(e) = sock.set_tcp_user_timeout(Some(t))
+        {
+            tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+        }
+        if let Some(t) = self.keepalive {
+            let ka = socket2::TcpKeepalive::new()
+                .with_time(t)
+                .with_interval((t / 3).max(Duration::from_secs(1)))
+                .with_retries(3);
+            if let Err(e) = sock.set_tcp_keepalive(&ka) {
+                tracing::debug!(error = %e, "cannot set TCP keepalive");
+            }
+        }
+    }
+}
+
 /// How a listener tells protocols apart.
 #[derive(Clone, Debug)]
 pub(crate) struct DetectParams {

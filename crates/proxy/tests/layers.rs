@@ -15,10 +15,21 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("telemetry", &["core"]),
     ("discovery", &["core"]),
     ("transport", &["core", "config"]),
-    ("endpoint", &["core", "config", "error", "discovery", "telemetry"]),
+    (
+        "endpoint",
+        &["core", "config", "error", "discovery", "telemetry", "transport"],
+    ),
     (
         "balance",
-        &["core", "config", "error", "discovery", "endpoint", "telemetry"],
+        &[
+            "core",
+            "config",
+            "error",
+            "discovery",
+            "endpoint",
+            "telemetry",
+            "transport",
+        ],
     ),
     (
         "route",

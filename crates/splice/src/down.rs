@@ -30,9 +30,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::{net::TcpStream, sync::mpsc, time::Instant};
 
 use crate::{
-    ConnError, Dispatch, DownTx, End, Field, IdMap, Open, StreamKey, ToDown, ToUp, UpTx,
+    ConnError, Dispatch, DownTx, End, Field, IdMap, Open, StreamKey, Timeouts, ToDown, ToUp, UpTx,
     frame::{self, code, flag, kind},
     grpc,
+    liveness::{Liveness, Verdict},
     wire::{self, Wire},
 };
 
@@ -54,6 +55,8 @@ pub struct Limits {
     /// answered; a client that exhausts it (rapid reset, PING floods) gets
     /// GOAWAY ENHANCE_YOUR_CALM.
     pub max_control_frames: u32,
+    /// Keepalive, idle and header-block timeouts.
+    pub timeouts: Timeouts,
 }
 
 /// The allowance of control frames: a token bucket.
@@ -218,6 +221,7 @@ struct Down<D: Dispatch> {
     resp_buffered: usize,
     req_buffered: usize,
     allowance: Allowance,
+    liveness: Liveness,
     scratch: Vec<Field>,
 }
 
@@ -262,6 +266,7 @@ pub async fn serve<D: Dispatch>(
         resp_buffered: 0,
         req_buffered: 0,
         allowance: Allowance::new(limits.max_control_frames),
+        liveness: Liveness::new(limits.timeouts),
         scratch: Vec::new(),
     };
     let mut drained = std::pin::pin!(drain);
@@ -275,18 +280,20 @@ pub async fn serve<D: Dispatch>(
     })
     .await;
     if let Err(e) = result
-        && e.code != code::NO_ERROR
+        && (e.code != code::NO_ERROR || e.label.is_some())
     {
-        let reason = match e.code {
+        let reason = e.label.unwrap_or(match e.code {
             code::COMPRESSION_ERROR | code::PROTOCOL_ERROR | code::FRAME_SIZE_ERROR | code::FLOW_CONTROL_ERROR => {
                 "http2_protocol"
             }
             _ => "http_io",
-        };
+        });
         tracing::debug!(peer = %down.peer, code = e.code, reason = %e.reason, "HTTP/2 connection error");
         down.dispatch.connection_error(&down.conn, down.peer, reason);
-        down.wire.goaway(down.last_stream, e.code, &e.reason);
-        let _ = poll_fn(|cx| down.wire.poll_flush(cx)).await;
+        if e.code != code::NO_ERROR {
+            down.wire.goaway(down.last_stream, e.code, &e.reason);
+            let _ = poll_fn(|cx| down.wire.poll_flush(cx)).await;
+        }
     }
     down.close();
 }
@@ -335,6 +342,14 @@ impl<D: Dispatch> Down<D> {
                 self.expire();
                 busy = true;
             }
+            if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, !self.streams.is_empty()) {
+                busy = true;
+                if verdict? == Verdict::Idle && !self.goaway_sent {
+                    // Sent away politely; it reconnects when it needs to.
+                    self.wire.goaway(self.last_stream, code::NO_ERROR, "idle");
+                    self.goaway_sent = true;
+                }
+            }
             if self.resp_buffered > self.limits.max_buffered {
                 return Poll::Ready(Err(ConnError::new(
                     code::ENHANCE_YOUR_CALM,
@@ -342,7 +357,8 @@ impl<D: Dispatch> Down<D> {
                         "the client does not read its responses ({} bytes waiting, limit {})",
                         self.resp_buffered, self.limits.max_buffered
                     ),
-                )));
+                )
+                .labelled("http2_buffer_limit")));
             }
             self.wire.hold_credit(self.req_buffered > self.limits.max_buffered);
             if let Poll::Ready(Err(e)) = self.wire.poll_flush(cx) {
@@ -515,7 +531,8 @@ impl<D: Dispatch> Down<D> {
             Err(ConnError::new(
                 code::ENHANCE_YOUR_CALM,
                 "too many control frames (resets, PINGs, SETTINGS, PRIORITY, empty DATA) for the requests answered",
-            ))
+            )
+            .labelled("http2_control_flood"))
         }
     }
 

@@ -37,12 +37,14 @@ pub mod frame;
 pub mod grpc;
 pub mod hpack;
 mod huffman;
+mod liveness;
 mod messages;
 pub mod up;
 mod wire;
 
 pub use dispatch::{Answer, Dispatch, End, Failure, RequestHead};
 pub use hpack::Field;
+pub use liveness::Timeouts;
 pub use messages::{ConnError, DownTx, Open, StreamKey, ToDown, ToUp, UpHandle, UpPhase, UpTx};
 
 /// Stream window this proxy grants each peer stream (SETTINGS_INITIAL_WINDOW_SIZE).

@@ -143,6 +143,9 @@ pub enum ToDown {
 pub struct ConnError {
     pub code: u32,
     pub reason: String,
+    /// The metric label of a connection the proxy ended on purpose (a bound
+    /// or a timeout), counted even when the GOAWAY code is NO_ERROR.
+    pub label: Option<&'static str>,
 }
 
 impl ConnError {
@@ -150,6 +153,13 @@ impl ConnError {
         ConnError {
             code,
             reason: reason.into(),
+            label: None,
         }
+    }
+
+    /// The same error, counted under `label`.
+    pub fn labelled(mut self, label: &'static str) -> Self {
+        self.label = Some(label);
+        self
     }
 }

@@ -89,6 +89,9 @@ pub struct Options {
     /// How many requests may wait; one more is sent back to its client
     /// connection, which tries another endpoint.
     pub max_queued: usize,
+    /// Keepalive and header-block timeouts (`idle` is not used: an idle
+    /// endpoint connection is kept).
+    pub timeouts: crate::Timeouts,
 }
 
 /// Stream ids past this mark make the connection go away (and a
@@ -112,6 +115,7 @@ struct Up {
     phase: watch::Sender<UpPhase>,
     /// When the oldest queued request must fail.
     queue_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    liveness: crate::liveness::Liveness,
     /// Streams with request data that the connection window or a full
     /// output buffer holds back (not those waiting for their own window).
     blocked: VecDeque<u32>,
@@ -144,6 +148,10 @@ pub async fn handshake(tcp: TcpStream, options: Options) -> Result<(UpHandle, wa
         going_away: Arc::new(AtomicBool::new(false)),
         phase,
         queue_timer: None,
+        liveness: crate::liveness::Liveness::new(crate::Timeouts {
+            idle: None,
+            ..options.timeouts
+        }),
         blocked: VecDeque::new(),
         scratch: Vec::new(),
     };
@@ -262,6 +270,10 @@ impl Up {
             {
                 self.queue_timer = None;
                 self.expire_queued();
+                busy = true;
+            }
+            if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, true) {
+                verdict?;
                 busy = true;
             }
             if self.wire.read_closed {

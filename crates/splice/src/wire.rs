@@ -49,6 +49,8 @@ pub struct Wire {
     /// as many of the peer's bytes as it may).
     hold_credit: bool,
     pub partial: Option<Partial>,
+    /// Frames received so far (the keepalive watches it move).
+    pub frames_in: u64,
     /// The largest header block (HEADERS and its CONTINUATIONs, compressed)
     /// the peer may send: a block this big decodes to more than the header
     /// list limit anyway.
@@ -97,6 +99,7 @@ impl Wire {
             conn_credit: 0,
             hold_credit: false,
             partial: None,
+            frames_in: 0,
             max_block: max_header_list as usize + (16 << 10),
             block: Vec::new(),
         }
@@ -209,6 +212,7 @@ impl Wire {
             self.rbuf.reserve(total - self.rbuf.len());
             return Ok(None);
         }
+        self.frames_in += 1;
         let mut f = self.rbuf.split_to(total).freeze();
         let payload = f.split_off(frame::HEAD_LEN);
         if self.rbuf.is_empty() && self.rbuf.capacity() > 64 << 10 {
@@ -296,6 +300,12 @@ impl Wire {
     /// waits (and is not credited back to its sender) until it drains.
     pub fn output_full(&self) -> bool {
         self.output_len() >= crate::WRITE_HIGH_WATER
+    }
+
+    /// Queues a PING.
+    pub fn ping(&mut self, payload: [u8; 8]) {
+        frame::put_head(&mut self.wbuf, 8, kind::PING, 0, 0);
+        self.wbuf.extend_from_slice(&payload);
     }
 
     /// Queues a GOAWAY.

@@ -376,3 +376,49 @@ async fn an_endpoint_that_goes_away_is_replaced_at_once() {
     long.abort();
     bed.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_vanished_is_found_out_by_keepalive() {
+    // A real replica, stopped (SIGSTOP): its kernel still acknowledges
+    // TCP, but nothing answers, PINGs included.
+    let (replica, addr) = process::square("stopped", &[]).await;
+    let bed = Bed::start_with(&["--keepalive-interval", "1s", "--keepalive-timeout", "1s"], Some(addr)).await;
+    let call = |outbound| async move {
+        let req = weft_api::grpc_testing::SimpleRequest::default().encode_to_vec();
+        weft_test_support::raw::grpc_call(outbound, BIG, "/grpc.testing.TestService/UnaryCall", &req, &[]).await
+    };
+    let ok = tokio::time::timeout(Duration::from_secs(5), call(bed.outbound))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.grpc_status(), Some(0), "{ok:?}");
+    replica.signal("STOP");
+    // No deadline on the call: only the proxy's keepalive can end it.
+    let started = std::time::Instant::now();
+    let stuck = tokio::time::timeout(Duration::from_secs(8), call(bed.outbound))
+        .await
+        .expect("the call ends: the vanished endpoint was found out")
+        .unwrap();
+    replica.signal("CONT");
+    assert_ne!(stuck.grpc_status(), Some(0), "{stuck:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it waited for the keepalive"
+    );
+    bed.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_connection_is_sent_away_politely() {
+    let bed = Bed::start(&["--idle-timeout", "1s"]).await;
+    let c = RawClient::connect(bed.outbound, &[], true).await;
+    let (goaway, _) = c.wait_goaway_or_close(Duration::from_secs(5)).await;
+    assert_eq!(goaway, Some(code::NO_ERROR), "an idle connection gets GOAWAY(NO_ERROR)");
+    let (_, closed) = c.wait_goaway_or_close(Duration::from_secs(5)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !c.closed() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed || c.closed(), "and is closed");
+    bed.finish().await;
+}

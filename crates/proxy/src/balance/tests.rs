@@ -31,6 +31,16 @@ fn client() -> Arc<ClientParams> {
         fail_fast: Duration::from_secs(3),
         metrics: Metrics::new().0,
         engine: H2Engine::Splice,
+        timeouts: weft_splice::Timeouts {
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(20),
+            idle: None,
+            header: Duration::from_secs(10),
+        },
+        sockets: crate::transport::SocketOptions {
+            user_timeout: None,
+            keepalive: None,
+        },
     })
 }
 

@@ -25,7 +25,7 @@ impl Endpoint {
             Ok(Err(e)) => return Err(format!("connect failed: {e}")),
             Ok(Ok(s)) => s,
         };
-        let _ = stream.set_nodelay(true);
+        self.params.sockets.apply(&stream);
         self.connected();
         Ok(stream)
     }

@@ -45,6 +45,7 @@ impl Endpoint {
                 max_header_bytes: self.params.max_header_bytes,
                 queue_timeout: self.params.fail_fast,
                 max_queued: MAX_QUEUED,
+                timeouts: self.params.timeouts,
             };
             let (handle, phase) = up::handshake(tcp, options).await?;
             return Ok((H2Conn::Splice(handle), phase));

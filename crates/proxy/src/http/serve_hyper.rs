@@ -37,7 +37,7 @@ pub(crate) struct HyperServer {
 }
 
 impl HyperServer {
-    pub(crate) fn new(max_concurrent_streams: u32, max_header_bytes: u32) -> Self {
+    pub(crate) fn new(max_concurrent_streams: u32, max_header_bytes: u32, header_timeout: Duration) -> Self {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(max_concurrent_streams)
@@ -52,7 +52,7 @@ impl HyperServer {
             .auto_date_header(false);
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(header_timeout)
             .max_buf_size((max_header_bytes as usize).max(8192))
             .keep_alive(true)
             .auto_date_header(false);

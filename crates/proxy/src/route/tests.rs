@@ -43,6 +43,16 @@ fn router(discovery: Arc<dyn Discover>, idle: Duration) -> Arc<Router> {
         fail_fast: Duration::from_secs(3),
         metrics: Metrics::new().0,
         engine: H2Engine::Splice,
+        timeouts: weft_splice::Timeouts {
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(20),
+            idle: None,
+            header: Duration::from_secs(10),
+        },
+        sockets: crate::transport::SocketOptions {
+            user_timeout: None,
+            keepalive: None,
+        },
     });
     let own = OwnAddrs::new(
         vec![("outbound", "127.0.0.1:4140".parse().unwrap())],

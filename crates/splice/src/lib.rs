@@ -57,29 +57,10 @@ pub const CREDIT_BATCH: u32 = 32 << 10;
 /// Output buffered beyond this stops reading from a socket until it drains.
 pub const WRITE_HIGH_WATER: usize = 1 << 20;
 
-/// A hasher for maps keyed by stream ids and connection ids, which are
-/// already unique numbers.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = self.0.rotate_left(32) ^ u64::from(n);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = self.0.rotate_left(29) ^ n;
-    }
-}
-
-type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// Maps keyed by stream ids, which peers choose: hashed with a per-process
+/// random seed (foldhash), so that a client cannot pick ids that collide
+/// and turn each lookup into a walk through the map.
+type IdMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Headers that belong to one HTTP/1 connection and are forbidden in HTTP/2
 /// (RFC 9113 §8.2.2).

@@ -81,7 +81,11 @@ pub async fn weft_proxy(extra: &[&str]) -> (Proc, Option<SocketAddr>, Option<Soc
             "--admin-listen",
             "127.0.0.1:0",
         ])
-        .args(["--log", "info"])
+        // WEFT_TEST_PROXY_LOG=debug: the proxy's log, copied to the test's stderr.
+        .args([
+            "--log",
+            &std::env::var("WEFT_TEST_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+        ])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -121,7 +125,14 @@ async fn first_line_with(stderr: tokio::process::ChildStderr, needle: &str) -> S
     .ok()
     .flatten()
     .unwrap_or_else(|| panic!("no start-up line containing {needle:?}"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let echo = std::env::var_os("WEFT_TEST_PROXY_LOG").is_some();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if echo {
+                eprintln!("{line}");
+            }
+        }
+    });
     found
 }
 

@@ -422,3 +422,67 @@ async fn an_idle_client_connection_is_sent_away_politely() {
     assert!(closed || c.closed(), "and is closed");
     bed.finish().await;
 }
+
+/// Proxy CPU seconds for `streams` open streams with ids `step` apart, and
+/// 8 DATA frames sent on each; the connection is handed back open.
+async fn cpu_for_stream_ids(bed: &Bed, streams: u32, step: u32) -> (f64, RawClient) {
+    let mut c = RawClient::connect(bed.outbound, &[], true).await;
+    let before = h2raw::cpu_seconds(bed.pid);
+    let ids: Vec<u32> = (0..streams).map(|i| 1 + i * step).collect();
+    for chunk in ids.chunks(256) {
+        let mut out = Vec::new();
+        for id in chunk {
+            out.extend(c.request(*id, BIG, "/grpc.testing.TestService/UnaryCall", false));
+        }
+        c.send(&out).await;
+    }
+    for _ in 0..8 {
+        for chunk in ids.chunks(512) {
+            let mut out = Vec::new();
+            for id in chunk {
+                weft_splice::frame::put_data(&mut out, *id, &[0, 0, 0, 0, 0], false, 16_384);
+            }
+            c.send(&out).await;
+        }
+    }
+    // A PING after everything: its ACK means every frame before it was handled.
+    let mut ping = Vec::new();
+    weft_splice::frame::put_head(&mut ping, 8, kind::PING, 0, 0);
+    ping.extend_from_slice(b"lastping");
+    c.send(&ping).await;
+    weft_test_support::eventually(
+        "the PING after the frames to be answered",
+        Duration::from_secs(60),
+        || async {
+            c.seen()
+                .frames
+                .iter()
+                .any(|f| f.kind == kind::PING && f.payload == b"lastping")
+                .then_some(())
+        },
+    )
+    .await;
+    (h2raw::cpu_seconds(bed.pid) - before, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_ids_chosen_to_collide_cost_no_more_than_any_others() {
+    // The streams go to an endpoint that takes them and never answers, so
+    // that what is measured is the proxy's own work.
+    let sink = RawEndpoint::spawn(Script {
+        answer: false,
+        ..Default::default()
+    })
+    .await;
+    let bed = Bed::start_with(&["--max-concurrent-streams", "20000"], Some(sink.addr)).await;
+    // Ids 2^18 apart share their low bits: with an unseeded hash they all
+    // land in one bucket chain.
+    let (plain, _a) = cpu_for_stream_ids(&bed, 8_000, 2).await;
+    let (colliding, _b) = cpu_for_stream_ids(&bed, 8_000, 1 << 18).await;
+    eprintln!("proxy CPU: {plain:.2} s with consecutive ids, {colliding:.2} s with colliding ones");
+    assert!(
+        colliding < 3.0 * plain.max(0.2),
+        "colliding ids cost {colliding:.2} s of CPU against {plain:.2} s"
+    );
+    bed.finish().await;
+}

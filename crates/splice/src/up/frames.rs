@@ -96,6 +96,14 @@ impl Up {
             return Err(ConnError::new(code::FRAME_SIZE_ERROR, "GOAWAY size"));
         }
         let last = u32::from_be_bytes([payload[0] & 0x7f, payload[1], payload[2], payload[3]]);
+        let error = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+        tracing::debug!(
+            addr = %self.addr,
+            last,
+            error = reason(error),
+            debug = %String::from_utf8_lossy(&payload[8..]),
+            "the endpoint sent GOAWAY"
+        );
         self.goaway = Some(last);
         // New requests go elsewhere at once, and a replacement connection opens.
         self.go_away();

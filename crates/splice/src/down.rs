@@ -155,6 +155,14 @@ struct Stream<D: Dispatch> {
 }
 
 impl<D: Dispatch> Stream<D> {
+    /// Request bytes the endpoint connection took (see `Down::credited`).
+    fn credited(&mut self, credit: u32, req_buffered: &mut usize) {
+        self.client_credit += credit;
+        let taken = (credit as usize).min(self.held);
+        self.held -= taken;
+        *req_buffered = req_buffered.saturating_sub(taken);
+    }
+
     /// A new stream whose request (so far: its head, and all of it when
     /// `end`) waits for an endpoint; `send_window` is the client's initial
     /// stream window.
@@ -300,6 +308,16 @@ pub async fn serve<D: Dispatch>(
 
 impl<D: Dispatch> Down<D> {
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        // The clocks are checked once per wake-up (their timer wakes the
+        // task when it fires), not on every turn of the loop below.
+        if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, !self.streams.is_empty())
+            && verdict? == Verdict::Idle
+            && !self.goaway_sent
+        {
+            // Sent away politely; it reconnects when it needs to.
+            self.wire.goaway(self.last_stream, code::NO_ERROR, "idle");
+            self.goaway_sent = true;
+        }
         loop {
             let mut busy = false;
             for _ in 0..512 {
@@ -341,14 +359,6 @@ impl<D: Dispatch> Down<D> {
                 self.timer = None;
                 self.expire();
                 busy = true;
-            }
-            if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, !self.streams.is_empty()) {
-                busy = true;
-                if verdict? == Verdict::Idle && !self.goaway_sent {
-                    // Sent away politely; it reconnects when it needs to.
-                    self.wire.goaway(self.last_stream, code::NO_ERROR, "idle");
-                    self.goaway_sent = true;
-                }
             }
             if self.resp_buffered > self.limits.max_buffered {
                 return Poll::Ready(Err(ConnError::new(
@@ -548,10 +558,7 @@ impl<D: Dispatch> Down<D> {
     /// that much more (granted in batches).
     fn credited(&mut self, id: u32, credit: u32) {
         if let Some(s) = self.streams.get_mut(&id) {
-            s.client_credit += credit;
-            let taken = (credit as usize).min(s.held);
-            s.held -= taken;
-            self.req_buffered = self.req_buffered.saturating_sub(taken);
+            s.credited(credit, &mut self.req_buffered);
         }
     }
 

@@ -216,6 +216,10 @@ impl Up {
 
     /// Runs until the connection ends: `Ok` on a clean end.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        // The clocks are checked once per wake-up (see `Down::poll_run`).
+        if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, true) {
+            verdict?;
+        }
         loop {
             let mut busy = false;
             // Messages from client-side connections.
@@ -270,10 +274,6 @@ impl Up {
             {
                 self.queue_timer = None;
                 self.expire_queued();
-                busy = true;
-            }
-            if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, true) {
-                verdict?;
                 busy = true;
             }
             if self.wire.read_closed {

@@ -24,8 +24,8 @@ impl<D: Dispatch> Down<D> {
                 end,
                 credit,
             } => {
-                self.credited(stream, credit);
                 let Some(s) = self.streams.get_mut(&stream) else { return };
+                s.credited(credit, &mut self.req_buffered);
                 s.out_bytes += data.len();
                 self.resp_buffered += data.len();
                 s.out.push_back(Out::Data(data, end));
@@ -33,8 +33,8 @@ impl<D: Dispatch> Down<D> {
                 self.grant(stream);
             }
             ToDown::Trailers { stream, fields, credit } => {
-                self.credited(stream, credit);
                 let Some(s) = self.streams.get_mut(&stream) else { return };
+                s.credited(credit, &mut self.req_buffered);
                 s.out.push_back(Out::Trailers(fields));
                 self.write_out(stream);
             }
@@ -54,8 +54,8 @@ impl<D: Dispatch> Down<D> {
     }
 
     fn on_response_head(&mut self, stream: u32, fields: Vec<Field>, end: bool, credit: u32) {
-        self.credited(stream, credit);
         let Some(s) = self.streams.get_mut(&stream) else { return };
+        s.credited(credit, &mut self.req_buffered);
         self.dispatch
             .responded(&mut s.x.call, s.x.pick.as_ref(), s.x.sent, &fields);
         s.head_sent = true;

@@ -32,7 +32,7 @@ use tokio::{net::TcpStream, sync::mpsc, time::Instant};
 use crate::{
     ConnError, Dispatch, DownTx, End, Field, IdMap, Open, StreamKey, Timeouts, ToDown, ToUp, UpTx,
     frame::{self, code, flag, kind},
-    grpc,
+    grpc, headers,
     liveness::{Liveness, Verdict},
     wire::{self, Wire},
 };
@@ -148,6 +148,8 @@ struct Stream<D: Dispatch> {
     /// Request bytes received from the client and not yet taken by the
     /// endpoint connection.
     held: usize,
+    /// The request body against its `content-length`.
+    body: headers::BodyLength,
     head_sent: bool,
     /// Response bytes written to the client, not yet reported upstream.
     up_credit: u32,
@@ -192,6 +194,7 @@ impl<D: Dispatch> Stream<D> {
             out_bytes: 0,
             queued: false,
             held: 0,
+            body: headers::BodyLength::default(),
             head_sent: false,
             up_credit: 0,
             x,
@@ -502,6 +505,11 @@ impl<D: Dispatch> Down<D> {
             return Ok(());
         }
         let data = payload.slice(range.clone());
+        if let Err(why) = s.body.add(data.len(), end) {
+            tracing::debug!(peer = %self.peer, why, "malformed request body");
+            self.reset_stream(head.stream, code::PROTOCOL_ERROR);
+            return Ok(());
+        }
         let padding = len - data.len() as u32;
         s.client_done = end;
         s.client_credit += padding;

@@ -35,6 +35,7 @@ mod dispatch;
 pub mod down;
 pub mod frame;
 pub mod grpc;
+mod headers;
 pub mod hpack;
 mod huffman;
 mod liveness;

@@ -67,6 +67,11 @@ struct Stream {
     credit: u32,
     /// Whether the stream waits in the connection's `blocked` queue.
     queued: bool,
+    /// The request was HEAD (its response's content-length says nothing
+    /// of the body).
+    head_request: bool,
+    /// The response body against its `content-length`.
+    body: crate::headers::BodyLength,
 }
 
 /// A queued request (no stream yet).

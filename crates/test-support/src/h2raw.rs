@@ -220,6 +220,20 @@ pub fn hpack_indexed(out: &mut Vec<u8>, index: usize) {
     hpack_int(out, 0x80, 7, index);
 }
 
+/// A malformed first answer (on the first connection; later requests are
+/// answered well).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bad {
+    /// DATA on the stream before any HEADERS.
+    DataBeforeHead,
+    /// A response head, then GOAWAY saying no stream was processed.
+    HeadThenGoaway,
+    /// A response header value with CR LF in it.
+    CrlfInHeader,
+    /// `content-length: 10` and 3 bytes of body.
+    ShortBody,
+}
+
 /// How a [`RawEndpoint`] behaves.
 #[derive(Clone, Debug)]
 pub struct Script {
@@ -234,6 +248,8 @@ pub struct Script {
     /// after this many requests, leaving them unanswered (later connections
     /// answer as usual).
     pub goaway_after: Option<usize>,
+    /// Its first answer on its first connection is malformed this way.
+    pub bad_first: Option<Bad>,
 }
 
 impl Default for Script {
@@ -243,6 +259,7 @@ impl Default for Script {
             read: true,
             answer: true,
             goaway_after: None,
+            bad_first: None,
         }
     }
 }
@@ -282,6 +299,7 @@ impl RawEndpoint {
                 let mut script = script.clone();
                 if nth > 1 {
                     script.goaway_after = None;
+                    script.bad_first = None;
                 }
                 tokio::spawn(serve_endpoint(sock, script, r.clone(), s.clone()));
             }
@@ -340,7 +358,9 @@ async fn serve_endpoint(sock: TcpStream, script: Script, requests: Arc<AtomicUsi
                 kind::HEADERS => {
                     requests.fetch_add(1, Ordering::Relaxed);
                     on_conn += 1;
-                    if script.goaway_after.is_some_and(|n| on_conn >= n) {
+                    if let (Some(bad), 1) = (script.bad_first, on_conn) {
+                        bad_answer(&mut out, &mut enc, head.stream, bad);
+                    } else if script.goaway_after.is_some_and(|n| on_conn >= n) {
                         frame::put_goaway(&mut out, head.stream, code::NO_ERROR, b"max age");
                     } else if script.answer {
                         let mut block = Vec::new();
@@ -361,6 +381,31 @@ async fn serve_endpoint(sock: TcpStream, script: Script, requests: Arc<AtomicUsi
         if !out.is_empty() && w.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+fn bad_answer(out: &mut Vec<u8>, enc: &mut Encoder, stream: u32, bad: Bad) {
+    let mut head = vec![
+        Field::new(":status", "200"),
+        Field::new("content-type", "application/grpc"),
+    ];
+    match bad {
+        Bad::DataBeforeHead => {
+            frame::put_data(out, stream, b"early", true, 16_384);
+            return;
+        }
+        Bad::HeadThenGoaway => {}
+        Bad::CrlfInHeader => head.push(Field::new("x-evil", "a\r\nb")),
+        Bad::ShortBody => head.push(Field::new("content-length", "10")),
+    }
+    let mut block = Vec::new();
+    enc.encode(&head, &mut block);
+    let end = bad == Bad::CrlfInHeader;
+    frame::put_headers(out, stream, &block, end, 16_384);
+    match bad {
+        Bad::HeadThenGoaway => frame::put_goaway(out, 0, code::NO_ERROR, b"bye"),
+        Bad::ShortBody => frame::put_data(out, stream, b"abc", true, 16_384),
+        _ => {}
     }
 }
 

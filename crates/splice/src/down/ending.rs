@@ -17,6 +17,13 @@ impl<D: Dispatch> Down<D> {
         s.up = Upstream::Detached;
         let client_done = s.client_done;
         let grpc = s.x.grpc;
+        if s.head_sent {
+            // The response began: a second head would be malformed; the
+            // client learns of the failure from a reset.
+            frame::put_rst(&mut self.wire.wbuf, id, code::INTERNAL_ERROR);
+            self.dispatch.finished(s.x.call, None, End::Answered(err));
+            return;
+        }
         self.answer(id, grpc, err);
         if !client_done {
             frame::put_rst(&mut self.wire.wbuf, id, code::NO_ERROR);

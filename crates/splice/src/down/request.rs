@@ -10,7 +10,7 @@ use super::{Down, Exchange, Stream, Upstream};
 use crate::{
     ConnError, Dispatch, Failure, Field, RequestHead, StreamKey, ToUp,
     frame::{self, code},
-    grpc, is_connection_specific, wire,
+    grpc, headers, is_connection_specific, wire,
 };
 
 /// A request is kept for sending elsewhere only up to this size.
@@ -70,6 +70,11 @@ impl<D: Dispatch> Down<D> {
                 .connection_error(&self.conn, self.peer, "http_headers_too_large");
             return Ok(());
         }
+        if let Err(why) = headers::check_trailers(fields).and_then(|()| s.body.add(0, true)) {
+            tracing::debug!(peer = %self.peer, why, "malformed request trailers");
+            self.reset_stream(id, code::PROTOCOL_ERROR);
+            return Ok(());
+        }
         s.client_done = true;
         let trailers = std::mem::take(fields);
         if let Some(r) = s.replay.as_mut() {
@@ -119,7 +124,12 @@ impl<D: Dispatch> Down<D> {
                 .connection_error(&self.conn, self.peer, "http_headers_too_large");
             return Ok(());
         }
-        let head = match validate_request(fields) {
+        let checked = validate_request(fields).and_then(|head| {
+            let mut body = headers::BodyLength::expect(headers::content_length(fields)?);
+            body.add(0, end)?;
+            Ok((head, body))
+        });
+        let (head, body) = match checked {
             Ok(r) => r,
             Err(why) => {
                 tracing::debug!(peer = %self.peer, why, "malformed request");
@@ -154,7 +164,8 @@ impl<D: Dispatch> Down<D> {
             sent: start,
             deadline,
         };
-        let stream = Stream::new(key, self.tx.clone(), head, end, self.wire.peer.initial_window_size, x);
+        let mut stream = Stream::new(key, self.tx.clone(), head, end, self.wire.peer.initial_window_size, x);
+        stream.body = body;
         self.streams.insert(id, stream);
         self.dispatch_stream(id, None);
         Ok(())
@@ -250,12 +261,14 @@ fn validate_request(fields: &[Field]) -> Result<RequestHead<'_>, &'static str> {
             if slot.replace(&f.value[..]).is_some() {
                 return Err("repeated pseudo-header");
             }
+            headers::check_field(f)?;
             continue;
         }
         regular = true;
         if name.is_empty() || name.iter().any(|b| b.is_ascii_uppercase()) {
             return Err("header name not lowercase");
         }
+        headers::check_field(f)?;
         match name {
             b"content-type" => content_type = Some(&f.value[..]),
             b"grpc-timeout" => grpc_timeout = Some(&f.value[..]),

@@ -110,8 +110,17 @@ impl Up {
         // Streams above `last` were never processed: send them again elsewhere.
         let above: Vec<u32> = self.streams.keys().copied().filter(|id| *id > last).collect();
         for id in above {
-            if let Some(s) = self.streams.remove(&id) {
-                self.by_key.remove(&s.key);
+            let Some(s) = self.streams.remove(&id) else { continue };
+            self.by_key.remove(&s.key);
+            if s.head_seen {
+                // It answered a stream it says it never processed: the
+                // request cannot go elsewhere (its response began).
+                let _ = s.reply.send(ToDown::Reset {
+                    stream: s.key.stream,
+                    code: code::PROTOCOL_ERROR,
+                    detail: format!("endpoint {} went away after answering", self.addr),
+                });
+            } else {
                 // Above the GOAWAY's last stream: not processed.
                 self.bounce(&s.reply, s.key.stream, "the endpoint is going away");
             }
@@ -160,6 +169,22 @@ impl Up {
                     return Ok(());
                 }
             }
+            let checked = crate::headers::check_response_head(&fields).and_then(|()| {
+                let no_body = s.head_request || matches!(status, Some(204 | 304));
+                let cl = crate::headers::content_length(&fields)?;
+                let mut body = crate::headers::BodyLength::expect(if no_body { None } else { cl });
+                body.add(0, block.end_stream)?;
+                Ok(body)
+            });
+            match checked {
+                Ok(body) => s.body = body,
+                Err(why) => {
+                    let detail = format!("endpoint {} sent a malformed response: {why}", self.addr);
+                    self.reject(id, code::PROTOCOL_ERROR, detail);
+                    self.scratch = fields;
+                    return Ok(());
+                }
+            }
             s.head_seen = true;
             s.response_done = block.end_stream;
             let credit = std::mem::take(&mut s.credit);
@@ -173,6 +198,12 @@ impl Up {
         } else {
             if !block.end_stream {
                 return Err(ConnError::new(code::PROTOCOL_ERROR, "trailers without END_STREAM"));
+            }
+            if let Err(why) = crate::headers::check_trailers(&fields).and_then(|()| s.body.add(0, true)) {
+                let detail = format!("endpoint {} sent malformed trailers: {why}", self.addr);
+                self.reject(id, code::PROTOCOL_ERROR, detail);
+                self.scratch = fields;
+                return Ok(());
             }
             s.response_done = true;
             let credit = std::mem::take(&mut s.credit);
@@ -195,8 +226,16 @@ impl Up {
         let Some(s) = self.streams.get_mut(&head.stream) else {
             return Ok(()); // a stream we reset; the connection window is already returned
         };
-        if !s.head_seen || s.response_done {
-            frame::put_rst(&mut self.wire.wbuf, head.stream, code::PROTOCOL_ERROR);
+        let end = head.has(flag::END_STREAM);
+        let malformed = if !s.head_seen || s.response_done {
+            Some("DATA before the response head or after its end")
+        } else {
+            s.body.add(range.end - range.start, end).err()
+        };
+        if let Some(why) = malformed {
+            // The stream is over on both sides: its slot is freed.
+            let detail = format!("endpoint {} sent a malformed response: {why}", self.addr);
+            self.reject(head.stream, code::PROTOCOL_ERROR, detail);
             return Ok(());
         }
         s.recv_window -= i64::from(len);
@@ -211,7 +250,6 @@ impl Up {
             s.recv_window += i64::from(padding);
             frame::put_window_update(&mut self.wire.wbuf, head.stream, padding);
         }
-        let end = head.has(flag::END_STREAM);
         s.response_done = end;
         let credit = std::mem::take(&mut s.credit);
         let data = payload.slice(range);

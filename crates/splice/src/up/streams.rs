@@ -35,6 +35,7 @@ impl Up {
                 end,
             } = *open;
             let only_head = end && body.iter().all(Bytes::is_empty) && trailers.is_none();
+            let head_request = crate::field(&head, b":method").is_some_and(|m| &m[..] == b"HEAD");
             let mut block = self.wire.wbuf_block();
             self.wire
                 .enc
@@ -72,6 +73,8 @@ impl Up {
                     response_done: false,
                     credit: 0,
                     queued: false,
+                    head_request,
+                    body: Default::default(),
                 },
             );
             self.by_key.insert(key, id);

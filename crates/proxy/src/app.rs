@@ -241,6 +241,8 @@ fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Rout
         engine: config.h2_engine,
         timeouts: server::timeouts(config, None),
         sockets: SocketOptions::from_config(config),
+        http1_max_connections: config.http1_max_connections as usize,
+        http1_idle_timeout: config.http1_idle_timeout,
     });
     let idle = config.balancer_idle_timeout;
     let outbound = Router::new(discovery, own.clone(), balance.clone(), client.clone(), idle);

@@ -136,6 +136,17 @@ pub struct Config {
     #[arg(long, env = "WEFT_TCP_USER_TIMEOUT", default_value = "30s", value_parser = parse_toggle)]
     pub tcp_user_timeout: Toggle,
 
+    /// HTTP/1.1 connections the proxy keeps to one endpoint, busy or idle;
+    /// a request beyond waits for one (up to --fail-fast-timeout).
+    #[arg(long, env = "WEFT_HTTP1_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http1_max_connections: u32,
+
+    /// How long an HTTP/1.1 connection to an endpoint may stay idle in the
+    /// pool: shorter than servers keep one (Node's 5 s), so that a request
+    /// never meets a connection the server is closing.
+    #[arg(long, env = "WEFT_HTTP1_IDLE_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
+    pub http1_idle_timeout: Duration,
+
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -247,6 +258,8 @@ impl Config {
             "idle_timeout": self.idle_timeout.to_string(),
             "header_timeout_ms": self.header_timeout.as_secs_f64() * 1e3,
             "tcp_user_timeout": self.tcp_user_timeout.to_string(),
+            "http1_max_connections": self.http1_max_connections,
+            "http1_idle_timeout_ms": self.http1_idle_timeout.as_secs_f64() * 1e3,
             "shutdown_grace_ms": self.shutdown_grace.as_secs_f64() * 1e3,
             "balancer_idle_timeout_ms": self.balancer_idle_timeout.as_secs_f64() * 1e3,
             "threads": self.threads,

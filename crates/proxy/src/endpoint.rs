@@ -20,7 +20,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -55,6 +55,10 @@ pub(crate) struct ClientParams {
     pub timeouts: weft_splice::Timeouts,
     /// The kernel's timers on endpoint sockets.
     pub sockets: SocketOptions,
+    /// HTTP/1.1: connections per endpoint (idle and busy), and how long one
+    /// may stay idle in the pool.
+    pub http1_max_connections: usize,
+    pub http1_idle_timeout: Duration,
 }
 
 enum ConnState {
@@ -80,7 +84,10 @@ pub(crate) struct Endpoint {
     balancer_changed: Arc<Notify>,
     state: Mutex<ConnState>,
     connects: AtomicU64,
-    idle_http1: Mutex<Vec<hyper::client::conn::http1::SendRequest<hyper::body::Incoming>>>,
+    /// Connect failures in a row (HTTP/1.1 and opaque endpoints): the
+    /// backoff doubles with each.
+    failures: AtomicU32,
+    http1: http1::Pool,
     retired: watch::Sender<bool>,
 }
 
@@ -126,7 +133,8 @@ impl Endpoint {
             balancer_changed,
             state: Mutex::new(ConnState::Idle),
             connects: AtomicU64::new(0),
-            idle_http1: Mutex::new(Vec::new()),
+            failures: AtomicU32::new(0),
+            http1: http1::Pool::default(),
             retired,
         });
         if proto == Proto::Http2 {
@@ -161,7 +169,7 @@ impl Endpoint {
     /// flight finish on the existing connection, which then closes.
     pub(crate) fn retire(&self) {
         *lock(&self.state) = ConnState::Retired;
-        lock(&self.idle_http1).clear();
+        self.http1.clear();
         // Recorded even when nothing watches (HTTP/1.1 and opaque endpoints
         // have no connection task), so that `is_retired` tells the truth.
         self.retired.send_replace(true);
@@ -213,6 +221,27 @@ impl Endpoint {
         });
     }
 
+    /// A connection to an HTTP/1.1 or opaque endpoint failed: it takes no
+    /// request for a jittered, doubling backoff, and requests waiting for
+    /// a ready endpoint are woken when it ends.
+    fn connect_failed(&self, error: &str) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let delay = connect::backoff(n);
+        self.mark_failed(error, delay);
+        let changed = self.balancer_changed.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            changed.notify_waiters();
+        });
+    }
+
+    /// A connection to an HTTP/1.1 or opaque endpoint worked: no backoff.
+    fn connect_worked(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) > 0 && matches!(*lock(&self.state), ConnState::Failed { .. }) {
+            self.set_state(ConnState::Idle);
+        }
+    }
+
     /// Counts an established connection.
     fn connected(&self) {
         self.connects.fetch_add(1, Ordering::Relaxed);
@@ -233,9 +262,12 @@ impl Endpoint {
     /// Opens an opaque TCP connection, marking the endpoint failed if it cannot.
     pub(crate) async fn connect_opaque(&self) -> Result<TcpStream, ProxyError> {
         match self.connect_tcp().await {
-            Ok(s) => Ok(s),
+            Ok(s) => {
+                self.connect_worked();
+                Ok(s)
+            }
             Err(e) => {
-                self.mark_failed(&e, connect::BACKOFF_BASE);
+                self.connect_failed(&e);
                 Err(self.upstream_error(e))
             }
         }

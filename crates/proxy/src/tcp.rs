@@ -15,6 +15,9 @@ use crate::{
     telemetry::metrics::{Metrics, TcpLabels},
 };
 
+/// Endpoints an opaque connection tries before it gives up.
+const MAX_CONNECT_ATTEMPTS: u32 = 3;
+
 /// Forwards an opaque connection to its destination.
 pub(crate) async fn forward<C>(mut client: C, conn: &ConnMeta, router: &Router, metrics: &Metrics, fail_fast: Duration)
 where
@@ -28,20 +31,30 @@ where
         return;
     };
     let balancer = router.balancer(dest, Proto::Opaque);
-    let in_flight = match balancer.pick(Instant::now() + fail_fast).await {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::info!(peer = %conn.peer, error = %e, "opaque connection refused");
-            metrics.connection_error(direction, "no_endpoint");
-            return;
-        }
-    };
-    let mut upstream = match in_flight.endpoint().connect_opaque().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::info!(peer = %conn.peer, error = %e, "opaque connection failed");
-            metrics.connection_error(direction, "connect_failed");
-            return;
+    let until = Instant::now() + fail_fast;
+    // An endpoint that cannot be reached goes into backoff, so the next
+    // pick is another one: a few tries before the client is let down.
+    let mut attempts = 0;
+    let (in_flight, mut upstream) = loop {
+        attempts += 1;
+        let in_flight = match balancer.pick(until).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::info!(peer = %conn.peer, error = %e, "opaque connection refused");
+                metrics.connection_error(direction, "no_endpoint");
+                return;
+            }
+        };
+        match in_flight.endpoint().connect_opaque().await {
+            Ok(s) => break (in_flight, s),
+            Err(e) if attempts < MAX_CONNECT_ATTEMPTS => {
+                tracing::debug!(peer = %conn.peer, error = %e, "opaque connection failed; trying another endpoint");
+            }
+            Err(e) => {
+                tracing::info!(peer = %conn.peer, error = %e, "opaque connection failed");
+                metrics.connection_error(direction, "connect_failed");
+                return;
+            }
         }
     };
     let labels = TcpLabels {

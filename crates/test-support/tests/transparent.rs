@@ -336,3 +336,56 @@ fn proxy_metrics(ns: &Netns) -> String {
         .unwrap();
     String::from_utf8_lossy(&metrics.stdout).to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_connection_tries_another_endpoint_when_one_is_down() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::create("o");
+    ns.install_outbound_redirect();
+    let banner_addr = start_banner(&ns).await;
+    // A second endpoint of the service that nothing listens on.
+    let dead = format!("{}:{}", ns.host_ip, process::free_port());
+    let vip = "10.96.77.20:7000";
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        format!("services:\n  banner.default:7000:\n    addresses: [{vip}]\n    endpoints: [{dead}, {banner_addr}]\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&mesh, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _proxy = start_proxy(&ns, &mesh, 7000);
+    let script = format!(
+        r#"
+import socket, time
+deadline = time.time() + 10
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", 4191), timeout=1).close()
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.05)
+ok = 0
+for _ in range(20):
+    s = socket.create_connection(("10.96.77.20", 7000), timeout=5)
+    if s.recv(6) == b"HELLO\n":
+        ok += 1
+    s.close()
+print(ok)
+"#
+    );
+    let out = ns
+        .exec(std::path::Path::new("python3"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ok: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(ok, 20, "{ok} of 20 opaque connections reached the live endpoint");
+}

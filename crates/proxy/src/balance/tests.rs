@@ -41,6 +41,8 @@ fn client() -> Arc<ClientParams> {
             user_timeout: None,
             keepalive: None,
         },
+        http1_max_connections: 1024,
+        http1_idle_timeout: Duration::from_secs(4),
     })
 }
 

@@ -10,7 +10,7 @@ use super::{ConnState, Endpoint};
 use weft_splice::UpPhase;
 
 /// First reconnect delay; doubles per failure up to [`BACKOFF_MAX`].
-pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A connection that lived shorter than this counts as a failed attempt for backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(1);
@@ -89,7 +89,7 @@ pub(super) async fn drive_h2(endpoint: Weak<Endpoint>, mut retired: watch::Recei
 
 /// Jittered exponential backoff: for the n-th consecutive failure, a delay in
 /// [d/2, d] with d = base × 2^(n-1), capped.
-fn backoff(n: u32) -> Duration {
+pub(super) fn backoff(n: u32) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1u32 << n.saturating_sub(1).min(16));
     let d = exp.min(BACKOFF_MAX);
     d / 2 + d.mul_f64(fastrand::f64() / 2.0)

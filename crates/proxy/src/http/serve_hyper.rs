@@ -8,7 +8,7 @@ mod body;
 
 use std::{convert::Infallible, future::Future, sync::Arc, sync::Mutex, time::Duration};
 
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::{
     body::Incoming,
     server::conn::{http1, http2},
@@ -91,7 +91,8 @@ pub(crate) async fn serve(
             }
         }
     } else {
-        let conn = server.h1.serve_connection(io, service);
+        // Upgrades (101, e.g. WebSocket) turn the connection into a tunnel.
+        let conn = server.h1.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => r,
@@ -145,9 +146,13 @@ async fn handle(
         Ok(call) => call,
         Err(e) => return error_response(&e, grpc),
     };
-    if conn.proto == Proto::Http1 {
+    let upgrade = (conn.proto == Proto::Http1).then(|| {
+        let upgrade = upgrade_of(req.headers());
         strip_hop_by_hop(req.headers_mut());
-    }
+        let upgrade = upgrade?;
+        keep_upgrade(req.headers_mut(), upgrade);
+        Some(hyper::upgrade::on(&mut req))
+    });
     let deadline = call.deadline();
     let forward = send(conn, req, &mut call, path);
     let result = match deadline {
@@ -164,11 +169,26 @@ async fn handle(
             return resp;
         }
     };
+    let mut resp = resp;
+    let mut lease = lease;
+    if let (Some(Some(client)), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
+        // The endpoint took the upgrade: its connection leaves the pool
+        // and becomes a tunnel to the client's, once both are handed over.
+        let upstream = hyper::upgrade::on(&mut resp);
+        drop(lease.take());
+        tokio::spawn(tunnel(client, upstream));
+    }
     let (mut parts, incoming) = resp.into_parts();
     let grpc_status = if grpc { grpc_status(&parts.headers) } else { None };
     path.responded(&mut call, Some(&pick), sent, parts.status.as_u16(), grpc_status);
     if conn.proto == Proto::Http1 {
+        let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| upgrade_of(&parts.headers))
+            .flatten();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(u) = upgrade {
+            keep_upgrade(&mut parts.headers, u);
+        }
     }
     let finisher = Finisher {
         path: path.clone(),
@@ -257,6 +277,40 @@ pub(crate) fn error_response(err: &ProxyError, grpc: bool) -> Response<ProxyBody
     resp.headers_mut()
         .insert("weft-proxy-error", HeaderValue::from_static(err.label()));
     resp
+}
+
+/// The protocol a request (or a 101 response) upgrades to: an `Upgrade`
+/// header named by `Connection: upgrade`.
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let named = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    named.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Puts back what an upgrade needs on the next hop.
+fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+}
+
+/// Carries bytes both ways between an upgraded client connection and an
+/// upgraded endpoint connection, until both sides are done.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %chain(&e), "an upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "an upgraded connection ended with an error");
+    }
 }
 
 /// Removes HTTP/1.1 connection-level headers, which apply to one hop only.

@@ -359,8 +359,7 @@ async fn an_opaque_connection_tries_another_endpoint_when_one_is_down() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&mesh, std::fs::Permissions::from_mode(0o644)).unwrap();
     let _proxy = start_proxy(&ns, &mesh, 7000);
-    let script = format!(
-        r#"
+    let script = r#"
 import socket, time
 deadline = time.time() + 10
 while True:
@@ -378,8 +377,7 @@ for _ in range(20):
         ok += 1
     s.close()
 print(ok)
-"#
-    );
+"#;
     let out = ns
         .exec(std::path::Path::new("python3"))
         .args(["-c", &script])

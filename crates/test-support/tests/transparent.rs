@@ -380,7 +380,7 @@ print(ok)
 "#;
     let out = ns
         .exec(std::path::Path::new("python3"))
-        .args(["-c", &script])
+        .args(["-c", script])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -20,10 +20,10 @@ use clap::{Parser, ValueEnum};
 /// connections. The admin port (4191) serves /metrics, /ready, /live,
 /// /config, /balancers and /shutdown.
 ///
-/// Every flag can also be set with the environment variable shown. Durations
-/// take a unit: 500us, 250ms, 10s, 2m.
+/// Every flag can also be set with the environment variable shown; given
+/// twice, the last one counts. Durations take a unit: 500us, 250ms, 10s, 2m.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "weft-proxy", version, verbatim_doc_comment)]
+#[command(name = "weft-proxy", version, verbatim_doc_comment, args_override_self = true)]
 pub struct Config {
     /// Outbound listener address, or `off`.
     #[arg(long, env = "WEFT_OUTBOUND_LISTEN", default_value = "127.0.0.1:4140")]
@@ -38,8 +38,10 @@ pub struct Config {
     pub admin_listen: Listen,
 
     /// Where inbound traffic goes: the local app's address. Without it the
-    /// inbound listener is transparent and forwards to 127.0.0.1 on the
-    /// connection's original destination port.
+    /// inbound listener is transparent and forwards each connection to its
+    /// original destination, which must be an address of this host (never
+    /// one of the proxy's own listeners); a connection without one is
+    /// refused. The inbound port is never a relay.
     #[arg(long, env = "WEFT_INBOUND_FORWARD")]
     pub inbound_forward: Option<SocketAddr>,
 
@@ -135,6 +137,18 @@ pub struct Config {
     /// (TCP keepalive probes follow --keepalive-interval.)
     #[arg(long, env = "WEFT_TCP_USER_TIMEOUT", default_value = "30s", value_parser = parse_toggle)]
     pub tcp_user_timeout: Toggle,
+
+    /// Connections each listener (inbound, outbound) holds at once; beyond,
+    /// a new connection is closed as soon as it is accepted.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Inbound connections one client address holds at once; beyond, its
+    /// new connections are closed as soon as they are accepted (other
+    /// clients are not affected). Outbound the one client is the local app:
+    /// only --max-connections applies.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_client: u32,
 
     /// HTTP/1.1 connections the proxy keeps to one endpoint, busy or idle;
     /// a request beyond waits for one (up to --fail-fast-timeout).

@@ -29,6 +29,8 @@ mod discovery;
 mod drain;
 mod endpoint;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod inbound;
 mod outbound;

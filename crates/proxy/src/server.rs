@@ -23,7 +23,7 @@ use crate::{
     route::Router,
     tcp,
     telemetry::metrics::{DetectLabels, Metrics},
-    transport::{self, DetectParams, PrefixedIo, SocketOptions},
+    transport::{self, Admission, Admitted, DetectParams, PrefixedIo, SocketOptions},
 };
 
 /// The HTTP/2 timeouts of connections (`idle` for client connections only).
@@ -71,10 +71,12 @@ pub(crate) struct ServerCtx {
     /// HTTP/2 through the splice engine, within these limits (`None`: through hyper).
     splice: Option<Limits>,
     sockets: SocketOptions,
+    admission: Arc<Admission>,
 }
 
 impl ServerCtx {
     pub(crate) fn new(side: Side, router: Arc<Router>, metrics: Arc<Metrics>, config: &Config) -> Self {
+        let per_client = matches!(side, Side::Inbound(_)).then_some(config.max_connections_per_client as usize);
         ServerCtx {
             side,
             path: Arc::new(RequestPath::new(
@@ -102,6 +104,7 @@ impl ServerCtx {
                 timeouts: timeouts(config, config.idle_timeout.0),
             }),
             sockets: SocketOptions::from_config(config),
+            admission: Admission::new(config.max_connections as usize, per_client),
         }
     }
 }
@@ -114,9 +117,15 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: dra
             _ = drain.signaled() => return,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                tokio::spawn(serve_conn(stream, peer, ctx.clone(), drain.clone()));
-            }
+            Ok((stream, peer)) => match ctx.admission.admit(peer.ip()) {
+                Ok(admitted) => {
+                    tokio::spawn(serve_conn(stream, peer, admitted, ctx.clone(), drain.clone()));
+                }
+                Err(bound) => {
+                    tracing::debug!(%peer, bound, "connection closed at once: the listener holds as many as it may");
+                    ctx.metrics.connection_error(ctx.side.direction().label(), bound);
+                }
+            },
             Err(e) => {
                 // Out of file descriptors, or a connection reset before accept:
                 // keep the listener, pause briefly so we don't spin.
@@ -127,7 +136,15 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: dra
     }
 }
 
-async fn serve_conn(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerCtx>, drain: drain::Watch) {
+/// Serves one connection; its place in the listener's admission is given
+/// back when this returns.
+async fn serve_conn(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    _admitted: Admitted,
+    ctx: Arc<ServerCtx>,
+    drain: drain::Watch,
+) {
     let direction = ctx.side.direction();
     let _open = ctx.metrics.tcp_accepted(direction.label());
     ctx.sockets.apply(&stream);

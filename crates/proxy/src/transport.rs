@@ -1,10 +1,12 @@
 //! Transport: what a listener learns of a connection before any request is
-//! read. Its original destination ([`original_dst`], when iptables
+//! read. Whether it may be held at all ([`Admission`]: connections in all
+//! and per client), its original destination ([`original_dst`], when iptables
 //! redirected it), then its protocol by a bounded first read ([`detect`]),
 //! whose bytes are replayed in front of the stream ([`PrefixedIo`]). Mesh
 //! TLS will be terminated here, between the two.
 
-mod detect;
+mod admit;
+pub(crate) mod detect;
 mod local;
 mod orig_dst;
 mod prefixed;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+pub(crate) use admit::{Admission, Admitted};
 pub(crate) use local::{LocalAddrs, OwnAddrs};
 pub(crate) use orig_dst::original_dst;
 pub(crate) use prefixed::PrefixedIo;

@@ -9,6 +9,7 @@ use std::{collections::BTreeSet, path::Path};
 /// modules of this crate it may import.
 const LAYERS: &[(&str, &[&str])] = &[
     ("core", &[]),
+    ("fuzzing", &["transport", "discovery"]),
     ("config", &[]),
     ("drain", &[]),
     ("error", &["core"]),

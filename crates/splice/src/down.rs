@@ -483,7 +483,7 @@ impl<D: Dispatch> Down<D> {
 
     fn on_data(&mut self, head: &frame::Head, payload: Bytes) -> Result<(), ConnError> {
         let len = head.len;
-        self.wire.received(len);
+        self.wire.received(len)?;
         if head.stream == 0 {
             return Err(ConnError::new(code::PROTOCOL_ERROR, "DATA on stream 0"));
         }

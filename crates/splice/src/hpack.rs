@@ -384,6 +384,39 @@ fn write_int(out: &mut Vec<u8>, first_bits: u8, prefix: u8, mut value: usize) {
     out.push(value as u8);
 }
 
+/// Header-block pieces written exactly as given (no Huffman, no encoder
+/// table): for peers in tests and benchmarks that must send what an unusual
+/// or hostile peer would.
+pub mod raw {
+    use super::write_int;
+
+    /// A field by its table index: one or two bytes that may stand for
+    /// kilobytes.
+    pub fn indexed(out: &mut Vec<u8>, index: usize) {
+        write_int(out, 0x80, 7, index);
+    }
+
+    /// A literal field without indexing, with a new name.
+    pub fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        out.push(0x00);
+        string(out, name);
+        string(out, value);
+    }
+
+    /// A literal field with incremental indexing (it enters the peer's
+    /// dynamic table), with a new name.
+    pub fn literal_indexed(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        out.push(0x40);
+        string(out, name);
+        string(out, value);
+    }
+
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        write_int(out, 0, 7, s.len());
+        out.extend_from_slice(s);
+    }
+}
+
 fn write_string(out: &mut Vec<u8>, s: &[u8]) {
     // Short strings go as they are: Huffman would save a byte or two at the
     // cost of encoding them (and the peer of decoding them).

@@ -34,6 +34,8 @@
 mod dispatch;
 pub mod down;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 mod headers;
 pub mod hpack;

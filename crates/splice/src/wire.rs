@@ -45,6 +45,10 @@ pub struct Wire {
     pub conn_send: i64,
     /// Connection-level bytes received and not yet granted back.
     conn_credit: u32,
+    /// How much more the peer may send on the connection (what it was
+    /// granted less what arrived): a peer that sends past it ignores flow
+    /// control, and would otherwise make the proxy buffer without bound.
+    conn_recv: i64,
     /// Whether connection-level credit is held back (the connection holds
     /// as many of the peer's bytes as it may).
     hold_credit: bool,
@@ -97,6 +101,7 @@ impl Wire {
             peer_settings_seen: false,
             conn_send: i64::from(frame::DEFAULT_WINDOW),
             conn_credit: 0,
+            conn_recv: i64::from(CONN_WINDOW),
             hold_credit: false,
             partial: None,
             frames_in: 0,
@@ -276,9 +281,18 @@ impl Wire {
     /// Accounts for `n` received DATA bytes against the connection window
     /// and grants them back in batches (connection-level credit is local;
     /// streams carry the end-to-end back-pressure).
-    pub fn received(&mut self, n: u32) {
+    /// Fails if the peer sent past the connection window.
+    pub fn received(&mut self, n: u32) -> Result<(), ConnError> {
+        self.conn_recv -= i64::from(n);
+        if self.conn_recv < 0 {
+            return Err(ConnError::new(
+                code::FLOW_CONTROL_ERROR,
+                "DATA beyond the connection window",
+            ));
+        }
         self.conn_credit = self.conn_credit.saturating_add(n);
         self.grant_conn_credit();
+        Ok(())
     }
 
     /// Holds connection-level credit back (`true`), or grants what was held.
@@ -292,6 +306,7 @@ impl Wire {
     fn grant_conn_credit(&mut self) {
         if self.conn_credit >= CREDIT_BATCH && !self.hold_credit {
             frame::put_window_update(&mut self.wbuf, 0, self.conn_credit);
+            self.conn_recv += i64::from(self.conn_credit);
             self.conn_credit = 0;
         }
     }

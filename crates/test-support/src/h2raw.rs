@@ -140,11 +140,7 @@ impl RawClient {
             ("content-type", "application/grpc"),
             ("te", "trailers"),
         ] {
-            block.push(0x00);
-            hpack_int(&mut block, 0, 7, n.len());
-            block.extend_from_slice(n.as_bytes());
-            hpack_int(&mut block, 0, 7, v.len());
-            block.extend_from_slice(v.as_bytes());
+            weft_splice::hpack::raw::literal(&mut block, n.as_bytes(), v.as_bytes());
         }
         block
     }
@@ -187,37 +183,6 @@ impl RawClient {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-/// HPACK by hand: an integer with an `n`-bit prefix whose other bits are `first`.
-pub fn hpack_int(out: &mut Vec<u8>, first: u8, n: u8, mut v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-/// A literal field with incremental indexing (it enters the peer's dynamic
-/// table), name and value not Huffman-coded.
-pub fn hpack_literal_indexed(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.push(0x40);
-    hpack_int(out, 0, 7, name.len());
-    out.extend_from_slice(name.as_bytes());
-    hpack_int(out, 0, 7, value.len());
-    out.extend_from_slice(value);
-}
-
-/// A field by its table index (one or two bytes that may stand for kilobytes).
-pub fn hpack_indexed(out: &mut Vec<u8>, index: usize) {
-    hpack_int(out, 0x80, 7, index);
 }
 
 /// A malformed first answer (on the first connection; later requests are

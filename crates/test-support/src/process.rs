@@ -69,18 +69,30 @@ pub async fn square(name: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     )
 }
 
+/// A weft-proxy's listening addresses, from its start-up log.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    pub outbound: Option<SocketAddr>,
+    pub inbound: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
 /// Starts the `weft-proxy` binary with its listeners on port 0; returns it
 /// with its (outbound, admin) addresses, read from its start-up log.
 pub async fn weft_proxy(extra: &[&str]) -> (Proc, Option<SocketAddr>, Option<SocketAddr>) {
+    let (proc, at) = weft_proxy_listening(extra).await;
+    (proc, at.outbound, at.admin)
+}
+
+/// As [`weft_proxy`] (inbound off unless `extra` sets `--inbound-listen`),
+/// with every listening address.
+pub async fn weft_proxy_listening(extra: &[&str]) -> (Proc, Listening) {
+    let mut defaults = vec!["--outbound-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    if !extra.contains(&"--inbound-listen") {
+        defaults.extend(["--inbound-listen", "off"]);
+    }
     let mut child = Command::new(crate::bin_path("weft-proxy"))
-        .args([
-            "--outbound-listen",
-            "127.0.0.1:0",
-            "--inbound-listen",
-            "off",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .args(defaults)
         // WEFT_TEST_PROXY_LOG=debug: the proxy's log, copied to the test's stderr.
         .args([
             "--log",
@@ -103,8 +115,11 @@ pub async fn weft_proxy(extra: &[&str]) -> (Proc, Option<SocketAddr>, Option<Soc
             child,
             name: "weft-proxy".into(),
         },
-        find("outbound"),
-        find("admin"),
+        Listening {
+            outbound: find("outbound"),
+            inbound: find("inbound"),
+            admin: find("admin"),
+        },
     )
 }
 

@@ -99,7 +99,7 @@ impl Bed {
 /// the proxy re-encodes it as it came).
 fn head_with_big_entry(stream: u32, path: &str, end: bool) -> Vec<u8> {
     let mut block = RawClient::plain_request_block(BIG, path);
-    h2raw::hpack_literal_indexed(&mut block, "x-big", &[b'~'; 4000]);
+    weft_splice::hpack::raw::literal_indexed(&mut block, b"x-big", &[b'~'; 4000]);
     let mut out = Vec::new();
     weft_splice::frame::put_headers(&mut out, stream, &block, end, 16_384);
     out
@@ -109,7 +109,7 @@ fn head_with_big_entry(stream: u32, path: &str, end: bool) -> Vec<u8> {
 fn bomb_block(n: usize) -> Vec<u8> {
     let mut block = Vec::with_capacity(n);
     for _ in 0..n {
-        h2raw::hpack_indexed(&mut block, 62);
+        weft_splice::hpack::raw::indexed(&mut block, 62);
     }
     block
 }
@@ -310,6 +310,39 @@ async fn ten_thousand_idle_streams_stay_within_bounds() {
     bed.finish().await;
 }
 
+/// A client that sends DATA past the connection window (ignoring that the
+/// proxy stopped granting it, because no endpoint takes its bytes) is cut
+/// off with GOAWAY(FLOW_CONTROL_ERROR), not buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_the_connection_window_is_cut_off() {
+    let sink = RawEndpoint::spawn(Script {
+        read: false,
+        answer: false,
+        ..Default::default()
+    })
+    .await;
+    let bed = Bed::start_with(&[], Some(sink.addr)).await;
+    let mut c = RawClient::connect(bed.outbound, &[], true).await;
+    let chunk = vec![0u8; 1 << 20];
+    // 100 streams × 1 MiB (each within its stream window): 100 MiB that no
+    // endpoint takes.
+    for i in 0..100u32 {
+        let stream = 2 * i + 1;
+        let mut out = c.request(stream, BIG, "/grpc.testing.TestService/UnaryCall", false);
+        weft_splice::frame::put_data(&mut out, stream, &chunk, false, 16_384);
+        if !c.send(&out).await {
+            break;
+        }
+    }
+    let (goaway, _) = c.wait_goaway_or_close(Duration::from_secs(5)).await;
+    assert_eq!(
+        goaway,
+        Some(code::FLOW_CONTROL_ERROR),
+        "100 MiB past the window and no GOAWAY"
+    );
+    bed.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_allows_no_streams_fails_requests_after_the_fail_fast_timeout() {
     let zero = RawEndpoint::spawn(Script {
@@ -485,4 +518,96 @@ async fn stream_ids_chosen_to_collide_cost_no_more_than_any_others() {
         "colliding ids cost {colliding:.2} s of CPU against {plain:.2} s"
     );
     bed.finish().await;
+}
+
+/// Opens a connection from `from` to `to` and sends the HTTP/2 preface and
+/// an empty SETTINGS: an idle HTTP/2 client, held as long as the stream is.
+async fn idle_h2_from(from: std::net::IpAddr, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(from, 0))?;
+    let mut stream = sock.connect(to).await?;
+    let mut hello = weft_splice::frame::PREFACE.to_vec();
+    weft_splice::frame::put_settings(&mut hello, &[]);
+    stream.write_all(&hello).await?;
+    Ok(stream)
+}
+
+/// True once `stream` is closed by the other side (EOF or reset), false if
+/// it is still open after `within`. Whatever the proxy sent first (its
+/// SETTINGS) is read and skipped.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// One client address opening connections in a loop gets its own share
+/// (`--max-connections-per-client`, 1,000 by default) and no more: the
+/// connections beyond are closed at once, the ones it holds cost the proxy
+/// little, and other clients, held or new, are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_opening_connections_in_a_loop_gets_its_share_only() {
+    let sq = square::spawn(square::SquareOptions::named("square-0")).await.unwrap();
+    let app = sq.addr.to_string();
+    let (proxy, at) =
+        process::weft_proxy_listening(&["--inbound-listen", "127.0.0.1:0", "--inbound-forward", &app]).await;
+    let pid = proxy.child.id().expect("pid");
+    let (inbound, admin) = (at.inbound.expect("inbound"), at.admin.expect("admin"));
+    let good = OpenLoad::start(channel_via(inbound, SQUARE).await, 50);
+
+    // The attacker's address: another loopback address than the good client's.
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..1_000 {
+        held.push(idle_h2_from(attacker, inbound).await.expect("the first 1,000 connect"));
+    }
+    let mut beyond = Vec::new();
+    for _ in 0..50 {
+        // Accepted by the kernel, closed by the proxy at once.
+        if let Ok(s) = idle_h2_from(attacker, inbound).await {
+            beyond.push(s);
+        }
+    }
+    for s in &mut beyond {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "a connection beyond the client's share stayed open"
+        );
+    }
+    for s in held.iter_mut().step_by(100) {
+        assert!(
+            !closed_within(s, Duration::from_millis(50)).await,
+            "a connection within the share was closed"
+        );
+    }
+    // Another client, new, is served while the attacker holds its share.
+    let fresh = weft_test_support::square_calls(channel_via(inbound, SQUARE).await, 20, 4).await;
+    assert!(fresh.iter().all(|h| h == "square-0"), "{fresh:?}");
+
+    let (_, metrics) = weft_test_support::http_get(admin, "/metrics").await.unwrap();
+    let refused = weft_test_support::metric(
+        &metrics,
+        "weft_connection_errors_total",
+        &[("direction", "inbound"), ("reason", "client_connection_limit")],
+    );
+    assert!(refused >= 50.0, "{refused} connections counted as beyond the share");
+    let hwm = h2raw::rss_kib(pid).1 / 1024;
+    assert!(hwm < RSS_BOUND_MIB, "peak RSS {hwm} MiB with 1,000 idle connections");
+
+    let calls = good.finish().await;
+    let failed = calls.iter().filter(|c| c.result.is_err()).count();
+    assert!(
+        calls.len() > 20 && failed == 0,
+        "{failed} of {} good calls failed",
+        calls.len()
+    );
+    drop(held);
 }

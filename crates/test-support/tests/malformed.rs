@@ -41,11 +41,7 @@ async fn proxy_to(endpoint: &RawEndpoint, extra: &[&str]) -> (Proxy, ()) {
 fn request_with(extra: &[(&str, &[u8])], end: bool) -> Vec<u8> {
     let mut block = RawClient::plain_request_block(SVC, "/pkg.S/M");
     for (n, v) in extra {
-        block.push(0x00);
-        h2raw::hpack_int(&mut block, 0, 7, n.len());
-        block.extend_from_slice(n.as_bytes());
-        h2raw::hpack_int(&mut block, 0, 7, v.len());
-        block.extend_from_slice(v);
+        weft_splice::hpack::raw::literal(&mut block, n.as_bytes(), v);
     }
     let mut out = Vec::new();
     frame::put_headers(&mut out, 1, &block, end, 16_384);

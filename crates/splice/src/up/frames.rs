@@ -221,7 +221,7 @@ impl Up {
 
     pub(super) fn on_data(&mut self, head: &frame::Head, payload: Bytes) -> Result<(), ConnError> {
         let len = head.len;
-        self.wire.received(len);
+        self.wire.received(len)?;
         let range = frame::unpad(head, &payload).ok_or_else(|| ConnError::new(code::PROTOCOL_ERROR, "bad padding"))?;
         let Some(s) = self.streams.get_mut(&head.stream) else {
             return Ok(()); // a stream we reset; the connection window is already returned

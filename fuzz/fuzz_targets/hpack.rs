@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzz target: see `weft_splice::fuzzing::hpack`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| weft_splice::fuzzing::hpack(data));

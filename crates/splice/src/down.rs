@@ -7,8 +7,11 @@
 //! - this file: the connection's loop, and frames from the client;
 //! - [`request`]: a new request, from its head to an endpoint connection;
 //! - [`response`]: what endpoint connections send back, written to the client;
+//! - [`allowance`]: how many control frames a client may send;
 //! - [`ending`]: the proxy's own answers, deadlines, and the end of streams.
 
+mod allowance;
+use allowance::Allowance;
 mod ending;
 mod request;
 mod response;
@@ -59,39 +62,11 @@ pub struct Limits {
     pub timeouts: Timeouts,
 }
 
-/// The allowance of control frames: a token bucket.
-struct Allowance {
-    tokens: f64,
-    burst: f64,
-    refilled: Instant,
-}
-
-impl Allowance {
-    fn new(burst: u32) -> Self {
-        Allowance {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Spends one control frame; `false` when none is left.
-    fn spend(&mut self) -> bool {
-        let now = Instant::now();
-        let rate = self.burst / 10.0;
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(self.burst);
-        self.refilled = now;
-        self.tokens -= 1.0;
-        self.tokens >= 0.0
-    }
-
-    /// A request was answered: useful work earns control frames back.
-    fn earn(&mut self) {
-        self.tokens = (self.tokens + 1.0).min(self.burst);
-    }
-}
-
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Bytes of a client's frames one connection handles per turn on its
+/// thread before the other connections get theirs.
+const TURN_BYTES: usize = 64 << 10;
 
 /// A response part waiting for the client's flow-control window.
 #[derive(Debug)]
@@ -321,6 +296,11 @@ impl<D: Dispatch> Down<D> {
             self.wire.goaway(self.last_stream, code::NO_ERROR, "idle");
             self.goaway_sent = true;
         }
+        // Bytes of the client's frames handled in this turn: past
+        // `TURN_BYTES` the task lets the thread's other connections have
+        // theirs (a client that sends as fast as it can delays the others by
+        // one turn, not by all it sent).
+        let mut turn = 0usize;
         loop {
             let mut busy = false;
             for _ in 0..512 {
@@ -338,23 +318,8 @@ impl<D: Dispatch> Down<D> {
                 busy = true;
                 self.on_picked(stream, result);
             }
-            if !self.wire.read_closed && self.wire.output_len() < crate::WRITE_HIGH_WATER {
-                // Frames already buffered (detection read the first bytes) come first.
-                while let Some((head, payload)) = self.wire.next_frame()? {
-                    busy = true;
-                    self.on_frame(head, payload)?;
-                }
-                match self.wire.poll_read(cx) {
-                    Poll::Ready(Ok(0)) => busy = true,
-                    Poll::Ready(Ok(_)) => {
-                        busy = true;
-                        while let Some((head, payload)) = self.wire.next_frame()? {
-                            self.on_frame(head, payload)?;
-                        }
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::new(code::NO_ERROR, e.to_string()))),
-                    Poll::Pending => {}
-                }
+            if !self.wire.read_closed && self.wire.output_len() < crate::WRITE_HIGH_WATER && turn < TURN_BYTES {
+                busy |= self.take_input(cx, &mut turn)?;
             }
             if let Some(t) = self.timer.as_mut()
                 && t.as_mut().poll(cx).is_ready()
@@ -389,9 +354,45 @@ impl<D: Dispatch> Down<D> {
                 return Poll::Ready(Ok(()));
             }
             if !busy {
+                if turn >= TURN_BYTES {
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Reads and handles the client's frames until this turn's bytes are
+    /// spent; whether anything happened. Frames already buffered (detection
+    /// read the first bytes, or the last turn ended) come first.
+    fn take_input(&mut self, cx: &mut Context<'_>, turn: &mut usize) -> Result<bool, ConnError> {
+        let mut any = self.take_frames(turn)?;
+        if *turn < TURN_BYTES {
+            match self.wire.poll_read(cx) {
+                Poll::Ready(Ok(0)) => any = true,
+                Poll::Ready(Ok(_)) => {
+                    any = true;
+                    self.take_frames(turn)?;
+                }
+                Poll::Ready(Err(e)) => return Err(ConnError::new(code::NO_ERROR, e.to_string())),
+                Poll::Pending => {}
+            }
+        }
+        Ok(any)
+    }
+
+    /// Handles the frames read, until this turn's bytes are spent; whether
+    /// there were any.
+    fn take_frames(&mut self, turn: &mut usize) -> Result<bool, ConnError> {
+        let mut any = false;
+        while *turn < TURN_BYTES
+            && let Some((head, payload)) = self.wire.next_frame()?
+        {
+            any = true;
+            *turn += frame::HEAD_LEN + head.len as usize;
+            self.on_frame(head, payload)?;
+        }
+        Ok(any)
     }
 
     // ===== frames from the client =====
@@ -539,19 +540,6 @@ impl<D: Dispatch> Down<D> {
         }
         self.grant(head.stream);
         Ok(())
-    }
-
-    /// Spends one of the client's control frames, or ends the connection.
-    fn spend_control(&mut self) -> Result<(), ConnError> {
-        if self.allowance.spend() {
-            Ok(())
-        } else {
-            Err(ConnError::new(
-                code::ENHANCE_YOUR_CALM,
-                "too many control frames (resets, PINGs, SETTINGS, PRIORITY, empty DATA) for the requests answered",
-            )
-            .labelled("http2_control_flood"))
-        }
     }
 
     /// Removes a stream, with what it held of the connection's budget.

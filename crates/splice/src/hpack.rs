@@ -157,6 +157,22 @@ impl Table {
     }
 }
 
+/// The size (RFC 7541 §4.1) of the field at `index`, without taking it.
+fn size_at(table: &Table, index: usize) -> Result<usize, DecodeError> {
+    match index {
+        0 => Err(DecodeError::BadIndex(0)),
+        1..=61 => {
+            let (n, v) = STATIC[index - 1];
+            Ok(n.len() + v.len() + 32)
+        }
+        _ => table
+            .entries
+            .get(index - 62)
+            .map(Field::size)
+            .ok_or(DecodeError::BadIndex(index)),
+    }
+}
+
 fn get(table: &Table, index: usize) -> Result<Field, DecodeError> {
     match index {
         0 => Err(DecodeError::BadIndex(0)),
@@ -269,6 +285,13 @@ impl Decoder {
             let first = b[pos];
             if first & 0x80 != 0 {
                 let index = read_int(b, &mut pos, 7)?;
+                if over {
+                    // Past the limit: measure, keep nothing (a reference to
+                    // a big entry costs what a reference to a small one does).
+                    list = list.saturating_add(size_at(&self.table, index)?);
+                    fields_seen = true;
+                    continue;
+                }
                 let f = get(&self.table, index)?;
                 list = list.saturating_add(f.size());
                 out.push(f);

@@ -17,6 +17,7 @@
 
 mod frames;
 mod streams;
+mod waiting;
 
 use std::{
     collections::VecDeque,
@@ -110,7 +111,7 @@ struct Up {
     rx_closed: bool,
     streams: IdMap<u32, Stream>,
     by_key: IdMap<StreamKey, u32>,
-    queue: VecDeque<Queued>,
+    queue: waiting::Waiting,
     next_id: u32,
     /// The endpoint said it goes away; streams above this id were not processed.
     goaway: Option<u32>,
@@ -145,7 +146,7 @@ pub async fn handshake(tcp: TcpStream, options: Options) -> Result<(UpHandle, wa
         rx_closed: false,
         streams: IdMap::default(),
         by_key: Default::default(),
-        queue: VecDeque::new(),
+        queue: waiting::Waiting::default(),
         next_id: 1,
         goaway: None,
         options,
@@ -225,22 +226,9 @@ impl Up {
         if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, true) {
             verdict?;
         }
-        loop {
+        for _ in 0..64 {
             let mut busy = false;
-            // Messages from client-side connections.
-            for _ in 0..512 {
-                match self.rx.poll_recv(cx) {
-                    Poll::Ready(Some(msg)) => {
-                        busy = true;
-                        self.on_message(msg)?;
-                    }
-                    Poll::Ready(None) => {
-                        self.rx_closed = true;
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
-            }
+            busy |= self.take_messages(cx)?;
             // Frames from the endpoint (unless our output is backed up);
             // those already read (with the handshake) come first.
             if !self.wire.read_closed && !self.wire.output_full() {
@@ -295,6 +283,38 @@ impl Up {
                 return Poll::Pending;
             }
         }
+        // Still busy: let the other tasks on this thread have a turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Handles the messages from client-side connections, all that are
+    /// there: `try_recv` is outside tokio's per-task budget, which would let
+    /// this one task take 128 messages per turn while each client connection
+    /// sends thousands per turn (a backlog without bound). The waker is
+    /// registered once the channel is empty. Whether there were any.
+    fn take_messages(&mut self, cx: &mut Context<'_>) -> Result<bool, ConnError> {
+        let mut any = false;
+        for _ in 0..4096 {
+            let msg = match self.rx.try_recv() {
+                Ok(msg) => msg,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.rx_closed = true;
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(msg)) => msg,
+                    Poll::Ready(None) => {
+                        self.rx_closed = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                },
+            };
+            any = true;
+            self.on_message(msg)?;
+        }
+        Ok(any)
     }
 
     fn on_message(&mut self, msg: ToUp) -> Result<(), ConnError> {
@@ -311,11 +331,13 @@ impl Up {
                     );
                     self.bounce(&open.reply, open.key.stream, &detail);
                 } else {
-                    self.queue.push_back(Queued {
+                    // Started after the messages at hand are read (`poll_run`):
+                    // a request its client reset meanwhile never reaches the
+                    // endpoint (rapid reset costs the endpoint nothing).
+                    self.queue.push(Queued {
                         open,
                         since: Instant::now(),
                     });
-                    self.open_queued();
                     self.arm_queue_timer();
                 }
             }
@@ -325,7 +347,7 @@ impl Up {
                         s.out.push_back(Out::Data(data, end));
                         self.write_stream(id);
                     }
-                } else if let Some(q) = self.queue.iter_mut().find(|q| q.open.key == key) {
+                } else if let Some(q) = self.queue.get_mut(&key) {
                     q.open.body.push(data);
                     q.open.end |= end;
                 }
@@ -336,7 +358,7 @@ impl Up {
                         s.out.push_back(Out::Trailers(fields));
                         self.write_stream(id);
                     }
-                } else if let Some(q) = self.queue.iter_mut().find(|q| q.open.key == key) {
+                } else if let Some(q) = self.queue.get_mut(&key) {
                     q.open.trailers = Some(fields);
                     q.open.end = true;
                 }
@@ -349,8 +371,8 @@ impl Up {
                         }
                         self.open_queued();
                     }
-                } else if let Some(i) = self.queue.iter().position(|q| q.open.key == key) {
-                    self.queue.remove(i);
+                } else {
+                    self.queue.remove(&key);
                 }
             }
             ToUp::Credit { key, n } => {

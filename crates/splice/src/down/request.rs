@@ -30,6 +30,17 @@ impl<D: Dispatch> Down<D> {
             .dec
             .decode(&block.block, &mut fields, limit)
             .map_err(|e| ConnError::new(code::COMPRESSION_ERROR, e.to_string()))?;
+        if size / 4 > limit {
+            // Over four times the limit we advertise: no client sends that
+            // by mistake. It is an HPACK bomb (a few bytes that stand for
+            // megabytes), and answering each with 431 would let its sender
+            // keep the proxy busy at no cost of its own.
+            return Err(ConnError::new(
+                code::ENHANCE_YOUR_CALM,
+                format!("a header list of {size} bytes (limit {limit})"),
+            )
+            .labelled("http_headers_too_large"));
+        }
         let result = if id <= self.last_stream {
             self.on_trailers(id, block.end_stream, size, &mut fields)
         } else {

@@ -59,6 +59,35 @@ pub fn finish(child: Child) -> anyhow::Result<Summary> {
     serde_json::from_slice(&out.stdout).context("weft-load printed no summary")
 }
 
+/// Starts `weft-attack` against `port` on the load core, at a lower
+/// priority than the load generator (the attack must not slow the
+/// measuring client down on its own core); stop it with `procs::stop`.
+pub fn attack(bins: &Bins, port: u16, attack: &crate::plan::Attack) -> anyhow::Result<Child> {
+    let mut argv = vec![
+        "-n".to_string(),
+        "10".into(),
+        "taskset".into(),
+        "-c".into(),
+        LOAD_CORE.into(),
+        bins.get("weft-attack"),
+        "--target".into(),
+        format!("127.0.0.1:{port}"),
+        "--authority".into(),
+        SERVICE.into(),
+        "--kind".into(),
+        attack.kind.clone(),
+    ];
+    if let Some(n) = attack.connections {
+        argv.extend(["--connections".into(), n.to_string()]);
+    }
+    Command::new("nice")
+        .args(&argv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start weft-attack")
+}
+
 /// Max throughput with h2load (calls/s), or `None` without h2load.
 pub fn h2load(port: u16, seconds: f64, conns: usize, streams: usize) -> Option<f64> {
     if !procs::have("h2load") {

@@ -40,6 +40,10 @@ struct Args {
     /// Targets to run, comma separated (default: the plan's).
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
+    /// Scenarios to run, comma separated (default: all the plan's); the
+    /// report's columns of the others stay empty.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<String>>,
     /// The plan.
     #[arg(long, default_value = "bench/scenarios.yaml")]
     plan: PathBuf,
@@ -86,7 +90,15 @@ struct Setup {
 
 impl Setup {
     fn new(args: &Args) -> anyhow::Result<Setup> {
-        let plan = Plan::load(&args.plan)?;
+        let mut plan = Plan::load(&args.plan)?;
+        if let Some(names) = &args.scenarios {
+            for n in names {
+                if !plan.scenarios.iter().any(|s| &s.name == n) {
+                    bail!("--scenarios: {} has no scenario `{n}`", args.plan.display());
+                }
+            }
+            plan.scenarios.retain(|s| names.contains(&s.name));
+        }
         let profile_name = if args.quick { "quick" } else { "full" };
         let mut profile = plan
             .profiles
@@ -135,9 +147,13 @@ impl Setup {
             }
         }
         let proxies = std::iter::once(bins.proxy.clone()).chain(bins.other_proxies.values().cloned());
-        for b in [bins.dir.join("square"), bins.dir.join("weft-load")]
-            .into_iter()
-            .chain(proxies)
+        for b in [
+            bins.dir.join("square"),
+            bins.dir.join("weft-load"),
+            bins.dir.join("weft-attack"),
+        ]
+        .into_iter()
+        .chain(proxies)
         {
             if !b.is_file() {
                 bail!("{} is missing: build it first (bench/run does)", b.display());
@@ -175,6 +191,9 @@ fn write_report(args: &Args, setup: &Setup, records: &[run::Record], started: &s
     }
     if args.targets.is_some() {
         command.push_str(&format!(" --targets {}", setup.targets.join(",")));
+    }
+    if let Some(names) = &args.scenarios {
+        command.push_str(&format!(" --scenarios {}", names.join(",")));
     }
     let mut proxy = args.proxy.display().to_string();
     for (name, path) in &setup.bins.other_proxies {

@@ -51,6 +51,14 @@ pub struct Scenario {
     pub delay: Option<Delay>,
     #[serde(default)]
     pub targets: Which,
+    /// Only these targets (by name; `weft-1hop` covers `weft-1hop@build`),
+    /// among those `targets` selects.
+    #[serde(default)]
+    pub only: Vec<String>,
+    /// A hostile client (`weft-attack`) attacking the target while the
+    /// load runs.
+    #[serde(default)]
+    pub attack: Option<Attack>,
     /// Start the target afresh first (memory figures).
     #[serde(default)]
     pub fresh: bool,
@@ -70,6 +78,9 @@ pub enum Load {
         connections: usize,
         #[serde(default)]
         rate: Option<f64>,
+        /// Seconds measured: the profile's, or this if it is shorter.
+        #[serde(default)]
+        duration: Option<f64>,
     },
     /// Calls back to back (the profile's `workers` in flight unless given).
     Closed {
@@ -82,6 +93,18 @@ pub enum Load {
         #[serde(default)]
         count: Option<usize>,
     },
+}
+
+/// An attack run beside a scenario's load (`weft-attack --help`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attack {
+    /// `rapid-reset`, `ping-flood`, `hpack-bomb`, `continuation-flood`,
+    /// `connections` or `garbage`.
+    pub kind: String,
+    /// Attacking connections at once (`weft-attack`'s default unless given).
+    #[serde(default)]
+    pub connections: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -160,6 +183,9 @@ impl Plan {
         for s in &self.scenarios {
             if !names.insert(s.name.as_str()) {
                 bail!("scenario `{}` is listed twice", s.name);
+            }
+            for t in &s.only {
+                Kind::parse(t).with_context(|| format!("scenario `{}`: only", s.name))?;
             }
             if s.delay.is_some_and(|d| d.replica >= crate::target::REPLICAS) {
                 bail!("scenario `{}`: there are {} replicas", s.name, crate::target::REPLICAS);

@@ -38,11 +38,12 @@ impl Bench<'_> {
     pub fn run(&self, target: &mut Target, scenarios: &[Scenario]) -> anyhow::Result<Vec<Record>> {
         let mut out = Vec::new();
         for s in scenarios {
+            let base = target.name.split('@').next().unwrap_or_default();
             let applies = match s.targets {
                 Which::All => true,
                 Which::Balanced => target.kind != Kind::Direct,
                 Which::Proxies => target.is_proxy(),
-            };
+            } && (s.only.is_empty() || s.only.iter().any(|t| t == base));
             if !applies {
                 continue;
             }
@@ -78,19 +79,37 @@ impl Bench<'_> {
         };
         let v = &mut record.values;
         match s.load {
-            Load::Open { connections, rate } => {
-                let rate = rate.unwrap_or(p.rate);
+            Load::Open {
+                connections,
+                rate,
+                duration,
+            } => {
+                let (rate, duration) = (
+                    rate.unwrap_or(p.rate),
+                    duration.map_or(p.duration, |d| d.min(p.duration)),
+                );
                 let args = args(&[
                     ("--rate", rate),
                     ("--connections", connections as f64),
-                    ("--duration", p.duration),
+                    ("--duration", duration),
                     ("--warmup", p.warmup),
                 ]);
-                let (summary, m) = self.measured(target, || load::run(self.bins, target.port, &args));
+                let attacker = match &s.attack {
+                    Some(a) => Some(load::attack(self.bins, target.port, a)?),
+                    None => None,
+                };
+                let also: Vec<u32> = attacker.iter().map(|a| a.id()).collect();
+                let (summary, m) = self.measured(target, &also, || {
+                    let summary = load::run(self.bins, target.port, &args);
+                    if let Some(mut a) = attacker {
+                        procs::stop(&mut a);
+                    }
+                    summary
+                });
                 let summary = summary?;
                 latency(v, &summary);
                 // The proxy also served the warm-up.
-                let calls = summary.calls as f64 * (p.duration + p.warmup) / p.duration;
+                let calls = summary.calls as f64 * (duration + p.warmup) / duration;
                 if calls > 0.0 {
                     v.insert("cpu_per_1k".into(), m.proxy_cpu / calls * 1000.0);
                 }
@@ -113,7 +132,7 @@ impl Bench<'_> {
                     ("--duration", p.max_duration),
                     ("--warmup", 1.0),
                 ]);
-                let (summary, m) = self.measured(target, || load::run(self.bins, target.port, &args));
+                let (summary, m) = self.measured(target, &[], || load::run(self.bins, target.port, &args));
                 let summary = summary?;
                 v.insert("throughput".into(), summary.throughput);
                 v.insert("p50".into(), summary.latency_us.p50 as f64);
@@ -140,7 +159,7 @@ impl Bench<'_> {
         let base = rss();
         let mut peak = base;
         let hold = args(&[("--streams", count as f64), ("--duration", self.profile.hold)]);
-        let (summary, _) = self.measured(target, || -> anyhow::Result<_> {
+        let (summary, _) = self.measured(target, &[], || -> anyhow::Result<_> {
             let mut child = load::spawn(self.bins, target.port, &hold)?;
             while child.try_wait()?.is_none() {
                 peak = peak.max(rss());
@@ -162,11 +181,16 @@ impl Bench<'_> {
 
     /// Runs `f`, measuring the target's CPU time and the machine's
     /// background load: busy time not spent by the harness's own processes
-    /// (target, replicas, load generator), as a share of both cores. It
-    /// should be near zero.
-    fn measured<T>(&self, target: &Target, f: impl FnOnce() -> T) -> (T, Measured) {
+    /// (target, replicas, load generator, `also`: an attacker), as a share
+    /// of both cores. It should be near zero.
+    fn measured<T>(&self, target: &Target, also: &[u32], f: impl FnOnce() -> T) -> (T, Measured) {
         let pids = target.pids();
-        let own: Vec<u32> = pids.iter().copied().chain(self.replicas.pids()).collect();
+        let own: Vec<u32> = pids
+            .iter()
+            .copied()
+            .chain(self.replicas.pids())
+            .chain(also.iter().copied())
+            .collect();
         let (cpu0, own0, kids0) = (
             procs::cpu_seconds(&pids),
             procs::cpu_seconds(&own),

@@ -288,7 +288,9 @@ impl<D: Dispatch> Down<D> {
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
         // The clocks are checked once per wake-up (their timer wakes the
         // task when it fires), not on every turn of the loop below.
-        if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, !self.streams.is_empty())
+        if let Some(verdict) = self
+            .liveness
+            .poll(cx, &mut self.wire, (!self.streams.is_empty(), self.last_stream))
             && verdict? == Verdict::Idle
             && !self.goaway_sent
         {

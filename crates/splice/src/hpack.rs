@@ -259,6 +259,12 @@ pub struct Decoder {
     table: Table,
     /// The table size this side allowed (our SETTINGS_HEADER_TABLE_SIZE).
     limit: usize,
+    /// Whether every field of the last block is known to be well formed
+    /// ([`Decoder::well_formed`]).
+    well_formed: bool,
+    /// A malformed field went into the dynamic table: from now on fields
+    /// taken from it are checked again each time they are referenced.
+    tainted: bool,
 }
 
 impl Decoder {
@@ -266,7 +272,18 @@ impl Decoder {
         Decoder {
             table: Table::with_max(limit),
             limit,
+            well_formed: true,
+            tainted: false,
         }
+    }
+
+    /// Whether every field the last [`Decoder::decode`] gave is well formed
+    /// (RFC 9113 §8.2.1, [`crate::headers::check_field`]). Each literal is
+    /// checked once, when it arrives; a reference to the static table or to
+    /// a dynamic entry that was checked when it went in costs nothing. When
+    /// `false`, the caller checks the fields one by one to find out why.
+    pub fn well_formed(&self) -> bool {
+        self.well_formed
     }
 
     /// Decodes a whole header block into `out`; returns the header list size
@@ -280,6 +297,7 @@ impl Decoder {
         let mut pos = 0;
         let mut list = 0usize;
         let mut fields_seen = false;
+        self.well_formed = true;
         while pos < b.len() {
             let over = list > limit;
             let first = b[pos];
@@ -293,6 +311,9 @@ impl Decoder {
                     continue;
                 }
                 let f = get(&self.table, index)?;
+                if index > STATIC.len() && self.tainted && crate::headers::check_field(&f).is_err() {
+                    self.well_formed = false;
+                }
                 list = list.saturating_add(f.size());
                 out.push(f);
                 fields_seen = true;
@@ -332,6 +353,10 @@ impl Decoder {
                     never_index,
                 };
                 list = list.saturating_add(f.size());
+                if crate::headers::check_field(&f).is_err() {
+                    self.well_formed = false;
+                    self.tainted |= index_it;
+                }
                 if index_it {
                     self.table.insert(f.clone());
                 }
@@ -737,5 +762,32 @@ mod tests {
         enc.encode(&[], &mut block);
         // Size updates to 0, then to 4096 (RFC 7541 §4.2).
         assert_eq!(block, vec![0x20, 0x3f, 0xe1, 0x1f]);
+    }
+
+    #[test]
+    fn fields_are_checked_once_and_a_bad_table_entry_taints_the_decoder() {
+        // A literal with incremental indexing: `x-ok: 1`, then a reference to it.
+        let mut d = Decoder::new(4096);
+        let mut out = Vec::new();
+        let mut block = Vec::new();
+        raw::literal_indexed(&mut block, b"x-ok", b"1");
+        d.decode(&block, &mut out, usize::MAX).unwrap();
+        assert!(d.well_formed());
+        d.decode(&[0x82, 0xbe], &mut out, usize::MAX).unwrap();
+        assert!(d.well_formed(), "static and checked dynamic entries");
+        // A malformed value goes into the table: this block and every later
+        // reference to the table are checked again.
+        let mut block = Vec::new();
+        raw::literal_indexed(&mut block, b"x-evil", b"a\r\nb");
+        out.clear();
+        d.decode(&block, &mut out, usize::MAX).unwrap();
+        assert!(!d.well_formed());
+        out.clear();
+        d.decode(&[0xbe], &mut out, usize::MAX).unwrap();
+        assert_eq!(&out[0].value[..], b"a\r\nb");
+        assert!(!d.well_formed(), "a reference to the malformed entry");
+        out.clear();
+        d.decode(&[0xbf], &mut out, usize::MAX).unwrap();
+        assert!(d.well_formed(), "a reference to a good entry, checked again");
     }
 }

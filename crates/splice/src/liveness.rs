@@ -45,6 +45,9 @@ pub(crate) struct Liveness {
     heard_at: Instant,
     ping_sent: Option<Instant>,
     idle_since: Option<Instant>,
+    /// The newest stream id at the last check: a stream opened (and maybe
+    /// finished) between two checks is use, even if none is open at either.
+    streams_seen: u32,
     partial_since: Option<Instant>,
 }
 
@@ -68,27 +71,29 @@ impl Liveness {
             heard_at: now,
             ping_sent: None,
             idle_since: None,
+            streams_seen: 0,
             partial_since: None,
         }
     }
 
     /// Checks the clocks when the timer fires: `Ready` with what to do,
-    /// or an error that ends the connection.
+    /// or an error that ends the connection. `streams`: whether a stream is
+    /// open now, and the newest stream id so far.
     pub(crate) fn poll(
         &mut self,
         cx: &mut Context<'_>,
         wire: &mut Wire,
-        streams_open: bool,
+        streams: (bool, u32),
     ) -> Option<Result<Verdict, ConnError>> {
         if self.timer.as_mut().poll(cx).is_pending() {
             return None;
         }
         let now = Instant::now();
         self.timer.as_mut().reset(now + self.tick);
-        Some(self.check(now, wire, streams_open))
+        Some(self.check(now, wire, streams))
     }
 
-    fn check(&mut self, now: Instant, wire: &mut Wire, streams_open: bool) -> Result<Verdict, ConnError> {
+    fn check(&mut self, now: Instant, wire: &mut Wire, streams: (bool, u32)) -> Result<Verdict, ConnError> {
         if wire.frames_in != self.frames_seen {
             self.frames_seen = wire.frames_in;
             self.heard_at = now;
@@ -123,12 +128,62 @@ impl Liveness {
             _ => {}
         }
         if let Some(idle) = self.t.idle {
-            if streams_open {
+            let (open, newest) = streams;
+            if open || newest != self.streams_seen {
+                self.streams_seen = newest;
                 self.idle_since = None;
             } else if now.duration_since(*self.idle_since.get_or_insert(now)) >= idle {
                 return Ok(Verdict::Idle);
             }
         }
         Ok(Verdict::Fine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(20),
+            idle: Some(Duration::from_secs(1)),
+            header: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_connection_used_between_checks_is_not_idle() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let Ok(rt) = rt else { panic!("runtime") };
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let mut wire = Wire::new(tcp, bytes::BytesMut::new(), false, &[], 65_536);
+            let mut l = Liveness::new(timeouts());
+            let t0 = Instant::now();
+            // Short calls, none open at any check, a new one each time.
+            for i in 0..10u32 {
+                let at = t0 + Duration::from_millis(500) * i;
+                assert_eq!(
+                    l.check(at, &mut wire, (false, 2 * i + 1)).ok(),
+                    Some(Verdict::Fine),
+                    "check {i}"
+                );
+            }
+            // Then nothing: idle after the timeout.
+            let last = t0 + Duration::from_millis(500) * 9;
+            assert_eq!(
+                l.check(last + Duration::from_millis(500), &mut wire, (false, 19)).ok(),
+                Some(Verdict::Fine)
+            );
+            assert_eq!(
+                l.check(last + Duration::from_millis(1500), &mut wire, (false, 19)).ok(),
+                Some(Verdict::Idle)
+            );
+        });
     }
 }

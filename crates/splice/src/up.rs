@@ -223,12 +223,16 @@ impl Up {
     /// Runs until the connection ends: `Ok` on a clean end.
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
         // The clocks are checked once per wake-up (see `Down::poll_run`).
-        if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, true) {
+        if let Some(verdict) = self.liveness.poll(cx, &mut self.wire, (true, 0)) {
             verdict?;
         }
         for _ in 0..64 {
             let mut busy = false;
             busy |= self.take_messages(cx)?;
+            // The requests among them that were not reset meanwhile.
+            if !self.queue.is_empty() && !self.wire.output_full() {
+                self.open_queued();
+            }
             // Frames from the endpoint (unless our output is backed up);
             // those already read (with the handshake) come first.
             if !self.wire.read_closed && !self.wire.output_full() {
@@ -261,6 +265,13 @@ impl Up {
                 self.unblock();
                 self.open_queued();
                 busy |= self.wire.output_len() != before;
+            }
+            // Requests still waiting: the oldest fails at its deadline. A
+            // timer armed for a request that left since fires early and is
+            // armed again for the oldest (never late, and no timer work per
+            // request while the endpoint keeps up).
+            if self.queue_timer.is_none() && !self.queue.is_empty() {
+                self.arm_queue_timer();
             }
             if let Some(t) = self.queue_timer.as_mut()
                 && t.as_mut().poll(cx).is_ready()
@@ -338,7 +349,6 @@ impl Up {
                         open,
                         since: Instant::now(),
                     });
-                    self.arm_queue_timer();
                 }
             }
             ToUp::Data { key, data, end } => {

@@ -81,7 +81,9 @@ impl<D: Dispatch> Down<D> {
                 .connection_error(&self.conn, self.peer, "http_headers_too_large");
             return Ok(());
         }
-        if let Err(why) = headers::check_trailers(fields).and_then(|()| s.body.add(0, true)) {
+        if let Err(why) =
+            headers::check_trailers(fields, self.wire.dec.well_formed()).and_then(|()| s.body.add(0, true))
+        {
             tracing::debug!(peer = %self.peer, why, "malformed request trailers");
             self.reset_stream(id, code::PROTOCOL_ERROR);
             return Ok(());
@@ -135,7 +137,7 @@ impl<D: Dispatch> Down<D> {
                 .connection_error(&self.conn, self.peer, "http_headers_too_large");
             return Ok(());
         }
-        let checked = validate_request(fields).and_then(|head| {
+        let checked = validate_request(fields, self.wire.dec.well_formed()).and_then(|head| {
             let mut body = headers::BodyLength::expect(headers::content_length(fields)?);
             body.add(0, end)?;
             Ok((head, body))
@@ -252,7 +254,9 @@ impl<D: Dispatch> Down<D> {
 }
 
 /// Checks a request head (RFC 9113 §8.3) and picks out what routing needs.
-fn validate_request(fields: &[Field]) -> Result<RequestHead<'_>, &'static str> {
+/// `well_formed`: its fields are known to pass [`headers::check_field`] (the
+/// decoder checked them).
+fn validate_request(fields: &[Field], well_formed: bool) -> Result<RequestHead<'_>, &'static str> {
     let (mut method, mut scheme, mut path, mut authority, mut host) = (None, None, None, None, None);
     let (mut content_type, mut grpc_timeout) = (None, None);
     let mut regular = false;
@@ -272,14 +276,15 @@ fn validate_request(fields: &[Field]) -> Result<RequestHead<'_>, &'static str> {
             if slot.replace(&f.value[..]).is_some() {
                 return Err("repeated pseudo-header");
             }
-            headers::check_field(f)?;
+            if !well_formed {
+                headers::check_field(f)?;
+            }
             continue;
         }
         regular = true;
-        if name.is_empty() || name.iter().any(|b| b.is_ascii_uppercase()) {
-            return Err("header name not lowercase");
+        if !well_formed {
+            headers::check_field(f)?;
         }
-        headers::check_field(f)?;
         match name {
             b"content-type" => content_type = Some(&f.value[..]),
             b"grpc-timeout" => grpc_timeout = Some(&f.value[..]),
@@ -323,7 +328,7 @@ mod tests {
             f(":authority", "svc:80"),
             f("te", "trailers"),
         ];
-        let r = validate_request(&ok).unwrap();
+        let r = validate_request(&ok, true).unwrap();
         assert_eq!(r.authority, Some(&b"svc:80"[..]));
         let bad: &[(&[Field], &str)] = &[
             (&[f(":method", "GET"), f(":scheme", "http")], "no :path"),
@@ -334,7 +339,7 @@ mod tests {
                     f(":scheme", "http"),
                     f("Upper", "x"),
                 ],
-                "header name not lowercase",
+                "header name with uppercase, whitespace or control characters",
             ),
             (
                 &[f(":method", "GET"), f("x", "1"), f(":path", "/"), f(":scheme", "http")],
@@ -362,7 +367,7 @@ mod tests {
             (&[f(":method", "GET"), f(":method", "GET")], "repeated pseudo-header"),
         ];
         for (fields, why) in bad {
-            assert_eq!(validate_request(fields).err(), Some(*why));
+            assert_eq!(validate_request(fields, false).err(), Some(*why));
         }
     }
 }

@@ -139,6 +139,7 @@ impl Up {
             .dec
             .decode(&block.block, &mut fields, self.max_header_bytes as usize)
             .map_err(|e| ConnError::new(code::COMPRESSION_ERROR, e.to_string()))?;
+        let well_formed = self.wire.dec.well_formed();
         let id = block.stream;
         let Some(s) = self.streams.get_mut(&id) else {
             self.scratch = fields;
@@ -169,7 +170,7 @@ impl Up {
                     return Ok(());
                 }
             }
-            let checked = crate::headers::check_response_head(&fields).and_then(|()| {
+            let checked = crate::headers::check_response_head(&fields, well_formed).and_then(|()| {
                 let no_body = s.head_request || matches!(status, Some(204 | 304));
                 let cl = crate::headers::content_length(&fields)?;
                 let mut body = crate::headers::BodyLength::expect(if no_body { None } else { cl });
@@ -199,7 +200,7 @@ impl Up {
             if !block.end_stream {
                 return Err(ConnError::new(code::PROTOCOL_ERROR, "trailers without END_STREAM"));
             }
-            if let Err(why) = crate::headers::check_trailers(&fields).and_then(|()| s.body.add(0, true)) {
+            if let Err(why) = crate::headers::check_trailers(&fields, well_formed).and_then(|()| s.body.add(0, true)) {
                 let detail = format!("endpoint {} sent malformed trailers: {why}", self.addr);
                 self.reject(id, code::PROTOCOL_ERROR, detail);
                 self.scratch = fields;

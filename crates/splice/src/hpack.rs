@@ -459,6 +459,24 @@ pub mod raw {
         string(out, value);
     }
 
+    /// A gRPC request head with every field a literal, never indexed: it
+    /// leaves the peer's table as it was (a test's own entries keep their
+    /// indices) and needs no encoder state.
+    pub fn request_head(authority: &str, path: &str) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ] {
+            literal(&mut block, n.as_bytes(), v.as_bytes());
+        }
+        block
+    }
+
     fn string(out: &mut Vec<u8>, s: &[u8]) {
         write_int(out, 0, 7, s.len());
         out.extend_from_slice(s);

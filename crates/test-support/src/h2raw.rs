@@ -128,21 +128,9 @@ impl RawClient {
     }
 
     /// A gRPC request head written without touching the peer's HPACK table
-    /// (every field a literal, never indexed), so that a test's own table
-    /// entries keep their indices.
+    /// ([`weft_splice::hpack::raw::request_head`]).
     pub fn plain_request_block(authority: &str, path: &str) -> Vec<u8> {
-        let mut block = Vec::new();
-        for (n, v) in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", authority),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ] {
-            weft_splice::hpack::raw::literal(&mut block, n.as_bytes(), v.as_bytes());
-        }
-        block
+        weft_splice::hpack::raw::request_head(authority, path)
     }
 
     /// Frames of a request head (HEADERS, `end` = END_STREAM).
@@ -150,6 +138,18 @@ impl RawClient {
         let block = self.request_block(authority, path);
         let mut out = Vec::new();
         frame::put_headers(&mut out, stream, &block, end, 16_384);
+        out
+    }
+
+    /// Rapid reset: `n` requests from stream `*stream` on, each reset
+    /// (CANCEL) right after its head; `*stream` moves past them.
+    pub fn reset_requests(&mut self, stream: &mut u32, n: usize, authority: &str, path: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.extend(self.request(*stream, authority, path, false));
+            frame::put_rst(&mut out, *stream, code::CANCEL);
+            *stream += 2;
+        }
         out
     }
 

@@ -230,12 +230,7 @@ async fn rapid_reset_gets_goaway_enhance_your_calm() {
     let mut c = RawClient::connect(bed.outbound, &[], true).await;
     let mut stream = 1u32;
     'attack: for _ in 0..100 {
-        let mut out = Vec::new();
-        for _ in 0..200 {
-            out.extend(c.request(stream, SQUARE, "/square.Square/Square", false));
-            weft_splice::frame::put_rst(&mut out, stream, code::CANCEL);
-            stream += 2;
-        }
+        let out = c.reset_requests(&mut stream, 200, SQUARE, "/square.Square/Square");
         if !c.send(&out).await {
             break 'attack;
         }
@@ -263,12 +258,7 @@ async fn rapid_reset_over_many_connections_never_reaches_the_endpoint() {
         let mut c = RawClient::connect(bed.outbound, &[], true).await;
         let mut stream = 1u32;
         for _ in 0..10 {
-            let mut out = Vec::new();
-            for _ in 0..200 {
-                out.extend(c.request(stream, BIG, "/grpc.testing.TestService/EmptyCall", false));
-                weft_splice::frame::put_rst(&mut out, stream, code::CANCEL);
-                stream += 2;
-            }
+            let out = c.reset_requests(&mut stream, 200, BIG, "/grpc.testing.TestService/EmptyCall");
             if !c.send(&out).await {
                 break;
             }

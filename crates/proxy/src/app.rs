@@ -230,7 +230,6 @@ fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Rout
     };
     let balance = BalanceParams {
         algorithm: config.balancer,
-        default_rtt: config.ewma_default_rtt,
         decay: config.ewma_decay,
     };
     let client = Arc::new(ClientParams {

@@ -3,17 +3,19 @@
 //!
 //! - this file: the endpoint set (matched by address across discovery
 //!   updates, so an unchanged endpoint keeps its connection and its latency
-//!   estimate; a removed one is retired, its in-flight requests finish; a
-//!   new one starts connecting at once), and waiting for a ready endpoint;
-//! - [`p2c`]: the choice among ready endpoints;
-//! - [`load`]: what is weighed per endpoint, and the in-flight guard;
-//! - [`ewma`]: the latency estimator.
+//!   score; a removed one is retired, its in-flight requests finish; a
+//!   new one starts connecting at once, at the typical score), and waiting
+//!   for a ready endpoint;
+//! - [`load`]: an endpoint beside what is weighed about it, and the guard a
+//!   request holds;
+//! - the choice itself, the score and the route baselines are pure code in
+//!   `weft-balance` (crates/balance), where the simulator drives them.
 
-pub(crate) mod ewma;
 pub(crate) mod load;
-mod p2c;
 
 use std::{
+    collections::HashMap,
+    net::SocketAddr,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -27,8 +29,8 @@ use tokio::{
 };
 
 pub(crate) use load::InFlight;
-use load::{Candidate, Load};
-use p2c::PickState;
+use load::{Candidate, nanos};
+use weft_balance::Picker;
 
 use crate::{
     config::Algorithm,
@@ -43,8 +45,19 @@ use crate::{
 #[derive(Clone, Debug)]
 pub(crate) struct BalanceParams {
     pub algorithm: Algorithm,
-    pub default_rtt: Duration,
+    /// The time constant of sparse latency samples, and the longest
+    /// interval between probes of an avoided endpoint.
     pub decay: Duration,
+}
+
+impl BalanceParams {
+    fn algorithm(&self) -> weft_balance::Algorithm {
+        match self.algorithm {
+            Algorithm::PeakEwma => weft_balance::Algorithm::PeakEwma,
+            Algorithm::LeastRequest => weft_balance::Algorithm::LeastRequest,
+            Algorithm::RoundRobin => weft_balance::Algorithm::RoundRobin,
+        }
+    }
 }
 
 enum Known {
@@ -57,7 +70,7 @@ enum Known {
 struct State {
     known: Known,
     candidates: Vec<Arc<Candidate>>,
-    picker: PickState,
+    picker: Picker,
 }
 
 /// Balances one target's requests of one protocol over its endpoints.
@@ -90,6 +103,7 @@ impl std::fmt::Debug for Balancer {
 impl Balancer {
     fn new(target: Authority, proto: Proto, params: BalanceParams, client: Arc<ClientParams>) -> Arc<Self> {
         let epoch = Instant::now();
+        let picker = Picker::new(params.decay.as_nanos() as u64);
         Arc::new(Balancer {
             label: target.as_str().into(),
             target,
@@ -99,7 +113,7 @@ impl Balancer {
             state: Mutex::new(State {
                 known: Known::Pending("waiting for discovery".into()),
                 candidates: Vec::new(),
-                picker: PickState::new(epoch),
+                picker,
             }),
             changed: Arc::new(Notify::new()),
             epoch,
@@ -156,42 +170,41 @@ impl Balancer {
                 st.known = Known::Unknown;
             }
             Resolution::Endpoints(metas) => {
-                let now = Instant::now();
-                // A new endpoint starts at the default RTT, or at the mean of
-                // the measured endpoints when that is lower: it is tried at
-                // once, and the in-flight factor keeps it from being flooded.
-                let measured: Vec<f64> = st
-                    .candidates
-                    .iter()
-                    .filter_map(|c| c.load.measured_estimate(now))
+                // Matched by address in one pass: O(N) for N endpoints. A
+                // new endpoint starts at the typical score (1.0), neither
+                // flooded nor starved; its first answers replace it.
+                let mut old: HashMap<SocketAddr, Arc<Candidate>> = std::mem::take(&mut st.candidates)
+                    .into_iter()
+                    .map(|c| (c.endpoint.meta.addr, c))
                     .collect();
-                let initial = if measured.is_empty() {
-                    self.params.default_rtt
-                } else {
-                    let mean = measured.iter().sum::<f64>() / measured.len() as f64;
-                    Duration::from_nanos(mean as u64).min(self.params.default_rtt)
-                };
-                let mut old = std::mem::take(&mut st.candidates);
-                let mut next = Vec::with_capacity(metas.len());
+                let mut next: Vec<Arc<Candidate>> = Vec::with_capacity(metas.len());
+                let mut listed = std::collections::HashSet::with_capacity(metas.len());
+                let tau_ns = self.params.decay.as_nanos() as f64;
                 for meta in metas.iter() {
-                    if next.iter().any(|c: &Arc<Candidate>| c.endpoint.meta.addr == meta.addr) {
+                    if !listed.insert(meta.addr) {
                         continue; // listed twice
                     }
-                    match old.iter().position(|c| c.endpoint.meta == *meta) {
-                        Some(i) => next.push(old.swap_remove(i)),
-                        None => next.push(Arc::new(Candidate {
-                            endpoint: Endpoint::new(
-                                meta.clone(),
-                                self.proto,
-                                self.label.clone(),
-                                self.client.clone(),
-                                self.changed.clone(),
-                            ),
-                            load: Load::new(initial, self.params.decay),
-                        })),
+                    match old.remove(&meta.addr) {
+                        Some(c) if c.endpoint.meta == *meta => next.push(c),
+                        kept => {
+                            if let Some(c) = kept {
+                                c.endpoint.retire(); // same address, new name
+                            }
+                            next.push(Arc::new(Candidate::new(
+                                Endpoint::new(
+                                    meta.clone(),
+                                    self.proto,
+                                    self.label.clone(),
+                                    self.client.clone(),
+                                    self.changed.clone(),
+                                ),
+                                self.epoch,
+                                tau_ns,
+                            )))
+                        }
                     }
                 }
-                for c in old {
+                for c in old.into_values() {
                     c.endpoint.retire();
                 }
                 st.candidates = next;
@@ -229,7 +242,7 @@ impl Balancer {
 
     /// Requests in flight on all endpoints.
     pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.state).candidates.iter().map(|c| c.load.in_flight()).sum()
+        lock(&self.state).candidates.iter().map(|c| c.load.pending()).sum()
     }
 
     /// Picks an endpoint now if one is ready: `Some(Ok)`, or `Some(Err)` when
@@ -282,7 +295,6 @@ impl Balancer {
     }
 
     fn try_pick(&self) -> Result<InFlight, Wait> {
-        let now = Instant::now();
         let mut st = lock(&self.state);
         match &st.known {
             Known::Pending(reason) => return Err(Wait::Retry(Unready::Pending(reason.clone()))),
@@ -294,17 +306,11 @@ impl Balancer {
         if st.candidates.is_empty() {
             return Err(Wait::Retry(Unready::NoEndpoints));
         }
-        let ready = st.candidates.iter().filter(|c| c.endpoint.is_ready(now)).count();
-        if ready == 0 {
-            let detail = describe_unready(&st.candidates);
-            return Err(Wait::Retry(Unready::NotReady(detail)));
-        }
+        let now = nanos(self.epoch, Instant::now());
         let State { candidates, picker, .. } = &mut *st;
-        let chosen = p2c::pick(self.params.algorithm, candidates, ready, picker, self.params.decay, now);
-        drop(st);
-        match chosen {
-            Some(c) => Ok(InFlight::start(&c)),
-            None => Err(Wait::Retry(Unready::NotReady("no endpoint is ready".into()))),
+        match picker.pick(self.params.algorithm(), candidates, now) {
+            Some(i) => Ok(InFlight::start(&candidates[i])),
+            None => Err(Wait::Retry(Unready::NotReady(describe_unready(candidates)))),
         }
     }
 
@@ -329,15 +335,16 @@ impl Balancer {
 /// One endpoint's state, for admin and metrics.
 fn view(c: &Candidate, now: Instant) -> EndpointView {
     let conn = c.endpoint.view(now);
-    let (ewma_ms, measured) = c.load.estimate_ms(now);
+    let score = c.load.score();
     EndpointView {
         name: c.endpoint.meta.name.to_string(),
         addr: c.endpoint.meta.addr.to_string(),
         state: conn.state,
         last_error: conn.last_error,
-        ewma_ms,
-        measured,
-        in_flight: c.load.in_flight(),
+        latency_score: score.factor(),
+        samples: score.samples(),
+        failures: score.failures(),
+        pending: c.load.pending(),
         served: c.load.picked(),
         connects: conn.connects,
     }

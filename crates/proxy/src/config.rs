@@ -54,12 +54,10 @@ pub struct Config {
     #[arg(long, env = "WEFT_BALANCER", value_enum, default_value_t = Algorithm::PeakEwma)]
     pub balancer: Algorithm,
 
-    /// Peak-EWMA: the latency estimate a new endpoint starts with.
-    #[arg(long, env = "WEFT_EWMA_DEFAULT_RTT", default_value = "30ms", value_parser = parse_duration)]
-    pub ewma_default_rtt: Duration,
-
-    /// Peak-EWMA: time constant with which faster samples pull the estimate
-    /// down (a slower sample replaces it at once).
+    /// Peak-EWMA: the time constant of sparse latency samples (a sample
+    /// after an interval Δt weighs at least 1 − e^(−Δt/τ)), and the longest
+    /// interval between probe requests to an endpoint avoided for its
+    /// latency or failures.
     #[arg(long, env = "WEFT_EWMA_DECAY", default_value = "10s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
 
@@ -257,7 +255,6 @@ impl Config {
             "inbound_forward": self.inbound_forward.map(|a| a.to_string()),
             "discovery_file": self.discovery_file.as_ref().map(|p| p.display().to_string()),
             "balancer": self.balancer.to_string(),
-            "ewma_default_rtt_ms": self.ewma_default_rtt.as_secs_f64() * 1e3,
             "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
             "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,
             "opaque_ports": self.opaque_ports.0.iter().collect::<Vec<_>>(),
@@ -323,7 +320,8 @@ impl fmt::Display for Listen {
 /// The balancing algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Algorithm {
-    /// Power of two choices over peak-EWMA latency × (in-flight + 1).
+    /// Soft power of three choices over peak-EWMA latency (relative to each
+    /// route's typical latency) × failure penalty × pending requests.
     PeakEwma,
     /// The endpoint with the fewest requests in flight (random among ties).
     LeastRequest,
@@ -473,7 +471,6 @@ mod tests {
     fn defaults_parse() {
         let c = Config::defaults();
         assert_eq!(c.outbound_listen, Listen::On("127.0.0.1:4140".parse().unwrap()));
-        assert_eq!(c.ewma_default_rtt, Duration::from_millis(30));
         assert_eq!(c.ewma_decay, Duration::from_secs(10));
         assert!(c.opaque_ports.contains(3306));
         assert_eq!(c.balancer, Algorithm::PeakEwma);

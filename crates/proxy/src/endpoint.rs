@@ -144,11 +144,11 @@ impl Endpoint {
     }
 
     /// Whether a request may be sent here now.
-    pub(crate) fn is_ready(&self, now: Instant) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         match &*lock(&self.state) {
             ConnState::Ready(c) => !c.is_closed(),
             ConnState::Idle => self.proto != Proto::Http2,
-            ConnState::Failed { until, .. } => self.proto != Proto::Http2 && now >= *until,
+            ConnState::Failed { until, .. } => self.proto != Proto::Http2 && Instant::now() >= *until,
             ConnState::Retired => false,
         }
     }

@@ -172,7 +172,8 @@ impl RequestPath {
     }
 
     /// The response head arrived for a request sent at `sent`: the
-    /// endpoint's latency estimate and the route's latency take it in.
+    /// endpoint's latency score (or its failure count, when the head
+    /// already says the call failed) and the route's latency take it in.
     pub(crate) fn responded(
         &self,
         call: &mut Call,
@@ -181,21 +182,35 @@ impl RequestPath {
         status: u16,
         grpc_status: Option<u16>,
     ) {
-        if let Some(p) = pick {
-            p.observe(sent);
-        }
-        call.route.latency.observe(call.start.elapsed().as_secs_f64());
         call.status = status;
         if call.grpc {
             call.head_grpc_status = grpc_status;
         }
+        if let Some(p) = pick {
+            p.answered(&call.route.baseline, sent, classify::fails_endpoint(call, grpc_status));
+        }
+        call.route.latency.observe(call.start.elapsed().as_secs_f64());
     }
 
-    /// The exchange is over: its outcome is counted, and the endpoint's
-    /// in-flight count released.
+    /// The exchange is over: its outcome is counted, a failure is charged
+    /// to the endpoint, and the endpoint's pick released.
     pub(crate) fn finish(&self, call: Call, pick: Option<InFlight>, outcome: Outcome) {
+        if let Some(p) = &pick
+            && classify::failed_after_head(&call, outcome)
+        {
+            p.failed();
+        }
         let key = classify::response_key(&call, pick.as_ref(), outcome);
         call.route.response(&self.metrics.responses, key);
+    }
+
+    /// The proxy answered a call it had sent to an endpoint with `err`
+    /// (the endpoint reset it or its connection failed first).
+    pub(crate) fn answered_after_pick(&self, call: Call, pick: InFlight, err: &ProxyError) {
+        if err.fault() == crate::error::Fault::Upstream {
+            pick.failed();
+        }
+        self.answered(call, err);
     }
 
     /// The proxy answered the call with `err` itself.

@@ -45,7 +45,11 @@ where
                 return;
             }
         };
-        match in_flight.endpoint().connect_opaque().await {
+        let connected = in_flight.endpoint().connect_opaque().await;
+        if connected.is_err() {
+            in_flight.failed();
+        }
+        match connected {
             Ok(s) => break (in_flight, s),
             Err(e) if attempts < MAX_CONNECT_ATTEMPTS => {
                 tracing::debug!(peer = %conn.peer, error = %e, "opaque connection failed; trying another endpoint");

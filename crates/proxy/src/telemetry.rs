@@ -31,9 +31,14 @@ pub(crate) struct EndpointView {
     pub addr: String,
     pub state: &'static str,
     pub last_error: Option<String>,
-    pub ewma_ms: f64,
-    pub measured: bool,
-    pub in_flight: usize,
+    /// Latency relative to the routes' typical latency (1.0 = typical).
+    pub latency_score: f64,
+    /// Latency samples taken in.
+    pub samples: u64,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Requests awaiting a response head.
+    pub pending: usize,
     pub served: u64,
     pub connects: u64,
 }

@@ -14,6 +14,7 @@ pub mod code {
     pub const RESOURCE_EXHAUSTED: u16 = 8;
     pub const INTERNAL: u16 = 13;
     pub const UNAVAILABLE: u16 = 14;
+    pub const DATA_LOSS: u16 = 15;
 }
 
 /// Whether a request is gRPC, by its `content-type` value.

@@ -329,8 +329,9 @@ async fn admin_endpoints() {
     ] {
         assert!(metric(&m, name, &labels) >= 1.0, "{name} {labels:?} in\n{m}");
     }
-    assert!(m.contains("weft_endpoint_latency_estimate_seconds{"), "{m}");
-    assert!(m.contains("weft_endpoint_in_flight{"), "{m}");
+    assert!(m.contains("weft_endpoint_latency_score{"), "{m}");
+    assert!(m.contains("weft_endpoint_pending{"), "{m}");
+    assert!(m.contains("weft_endpoint_consecutive_failures{"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use super::{BalanceParams, Balancer, InFlight, p2c};
+use super::{BalanceParams, Balancer, InFlight};
 use crate::{
     config::{Algorithm, H2Engine},
     core::{Authority, Proto},
@@ -19,7 +19,6 @@ use crate::{
 fn params() -> BalanceParams {
     BalanceParams {
         algorithm: Algorithm::PeakEwma,
-        default_rtt: Duration::from_millis(30),
         decay: Duration::from_secs(10),
     }
 }
@@ -76,24 +75,6 @@ fn name(p: &InFlight) -> String {
     p.endpoint().meta.name.to_string()
 }
 
-#[test]
-fn two_choices_are_always_two_distinct_endpoints() {
-    for n in 2..=5 {
-        let mut seen = vec![[0u32; 2]; n];
-        for _ in 0..10_000 {
-            let (a, b) = p2c::two_distinct(n);
-            assert!(a < n && b < n, "{a}, {b} out of {n}");
-            assert_ne!(a, b, "the same endpoint drawn twice out of {n}");
-            seen[a][0] += 1;
-            seen[b][1] += 1;
-        }
-        assert!(
-            seen.iter().all(|s| s[0] > 0 && s[1] > 0),
-            "every endpoint is drawn first and second: {seen:?}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn equal_endpoints_share_the_picks() {
     let b = balancer(Proto::Http1, &[1, 2, 3]);
@@ -108,7 +89,7 @@ async fn equal_endpoints_share_the_picks() {
 }
 
 #[tokio::test]
-async fn the_busier_of_two_drawn_endpoints_is_never_picked() {
+async fn a_busy_endpoint_is_rarely_picked_beside_idle_ones() {
     let b = balancer(Proto::Http1, &[1, 2, 3]);
     // A request in flight on one endpoint; the others idle.
     let held = loop {
@@ -117,9 +98,10 @@ async fn the_busier_of_two_drawn_endpoints_is_never_picked() {
             break p;
         }
     };
-    for _ in 0..1_000 {
-        assert_ne!(name(&picked(&b)), "ep-1", "the busy endpoint was picked");
-    }
+    // Drawn with both idle ones (three choices of three), it weighs
+    // (1 + 1)^6 = 64 times as much as each: picked about once in 129.
+    let busy = (0..1_000).filter(|_| name(&picked(&b)) == "ep-1").count();
+    assert!(busy <= 30, "the busy endpoint got {busy} of 1,000 picks");
     drop(held);
     assert_eq!(b.in_flight(), 0, "released picks lower the count");
 }

@@ -29,6 +29,39 @@ thread_local! {
     static NO_ENDPOINT: Label = Label::from("");
 }
 
+/// Whether an answer's head says the endpoint failed the call: a gRPC
+/// status in the head (trailers-only) that blames the server (UNKNOWN,
+/// INTERNAL, UNAVAILABLE, DATA_LOSS, not application answers such as
+/// NOT_FOUND), or an HTTP 5xx.
+pub(super) fn fails_endpoint(call: &Call, grpc_status: Option<u16>) -> bool {
+    if call.grpc {
+        grpc_status.is_some_and(blames_server)
+    } else {
+        call.status >= 500
+    }
+}
+
+fn blames_server(c: u16) -> bool {
+    matches!(
+        c,
+        weft_splice::grpc::code::UNKNOWN
+            | weft_splice::grpc::code::INTERNAL
+            | weft_splice::grpc::code::UNAVAILABLE
+            | weft_splice::grpc::code::DATA_LOSS
+    )
+}
+
+/// Whether the endpoint failed a call in a way its response head did not
+/// already say: a reset or a broken connection, the deadline passing, or
+/// a failing `grpc-status` in the trailers.
+pub(super) fn failed_after_head(call: &Call, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Ended(Some(c)) => call.grpc && call.head_grpc_status.is_none() && blames_server(c),
+        Outcome::Ended(None) | Outcome::Cancelled => false,
+        Outcome::Failed(_) | Outcome::DeadlineExceeded => true,
+    }
+}
+
 /// The labels of a response that came from an endpoint.
 pub(super) fn response_key(call: &Call, pick: Option<&InFlight>, outcome: Outcome) -> ResponseKey {
     let (grpc_code, error, clean) = match outcome {

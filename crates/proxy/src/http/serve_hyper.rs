@@ -224,10 +224,15 @@ async fn send(
         };
         match result {
             Ok((resp, lease, sent)) => return Ok((resp, pick, lease, sent)),
-            Err(f) => match f.request {
-                Some(r) if call.resend() => req = r,
-                _ => return Err(f.error),
-            },
+            Err(f) => {
+                if f.error.fault() == crate::error::Fault::Upstream {
+                    pick.failed();
+                }
+                match f.request {
+                    Some(r) if call.resend() => req = r,
+                    _ => return Err(f.error),
+                }
+            }
         }
     }
 }

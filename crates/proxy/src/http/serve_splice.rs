@@ -110,7 +110,12 @@ impl Dispatch for RequestPath {
 
     fn finished(&self, call: Call, pick: Option<InFlight>, end: End<'_, ProxyError>) {
         let outcome = match end {
-            End::Answered(err) => return self.answered(call, err),
+            End::Answered(err) => {
+                return match pick {
+                    Some(p) => self.answered_after_pick(call, p, err),
+                    None => self.answered(call, err),
+                };
+            }
             End::Ended(status) => Outcome::Ended(status),
             End::Failed(code) => Outcome::Failed(code),
             End::Cancelled => Outcome::Cancelled,

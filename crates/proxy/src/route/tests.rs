@@ -34,7 +34,6 @@ impl Discover for OneVip {
 fn router(discovery: Arc<dyn Discover>, idle: Duration) -> Arc<Router> {
     let params = BalanceParams {
         algorithm: Algorithm::PeakEwma,
-        default_rtt: Duration::from_millis(30),
         decay: Duration::from_secs(10),
     };
     let client = Arc::new(ClientParams {

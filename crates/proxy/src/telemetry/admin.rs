@@ -186,22 +186,31 @@ impl Collector for BalancerCollector {
             }
         }
         let mut m = encoder.encode_descriptor(
-            "endpoint_latency_estimate_seconds",
-            "Peak-EWMA latency estimate per endpoint (decayed to now)",
+            "endpoint_latency_score",
+            "Peak-EWMA latency per endpoint relative to its routes' typical latency (1 = typical)",
             None,
             MetricType::Gauge,
         )?;
         for (l, e) in &rows {
-            ConstGauge::new(e.ewma_ms / 1e3).encode(m.encode_family(l)?)?;
+            ConstGauge::new(e.latency_score).encode(m.encode_family(l)?)?;
         }
         let mut m = encoder.encode_descriptor(
-            "endpoint_in_flight",
-            "Requests in flight per endpoint",
+            "endpoint_consecutive_failures",
+            "Failed requests in a row per endpoint (each multiplies its balancing cost by 4)",
             None,
             MetricType::Gauge,
         )?;
         for (l, e) in &rows {
-            ConstGauge::new(e.in_flight as i64).encode(m.encode_family(l)?)?;
+            ConstGauge::new(e.failures as i64).encode(m.encode_family(l)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
+            "endpoint_pending",
+            "Requests awaiting their response head per endpoint",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, e) in &rows {
+            ConstGauge::new(e.pending as i64).encode(m.encode_family(l)?)?;
         }
         let mut m = encoder.encode_descriptor(
             "endpoint_ready",

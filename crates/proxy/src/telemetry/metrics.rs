@@ -143,6 +143,10 @@ pub struct RouteMetrics {
     pub labels: RouteLabels,
     pub requests: Counter,
     pub latency: Histogram,
+    /// The route's typical latency across the target's endpoints, which the
+    /// balancer measures each endpoint against (kept here because this is
+    /// the one per-route object every request already holds).
+    pub baseline: weft_balance::Baseline,
     /// Response counters already looked up, so that recording a response
     /// does not hash a label set.
     responses: Mutex<Vec<(ResponseKey, Counter)>>,
@@ -292,6 +296,7 @@ impl Metrics {
         let metrics = Arc::new(RouteMetrics {
             requests: self.requests.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
+            baseline: weft_balance::Baseline::new(),
             labels,
             responses: Mutex::new(Vec::new()),
         });

@@ -1,0 +1,32 @@
+//! weft's load balancer as pure code, with time passed in (nanoseconds from
+//! any fixed origin) and never read, so that the proxy and the deterministic
+//! simulator run exactly the same code:
+//!
+//! - [`baseline`]: the typical latency of a route (a gRPC method), shared by
+//!   all endpoints of a service;
+//! - [`score`]: one endpoint's latency *relative to* that baseline, a
+//!   peak-sensitive moving average, and its consecutive failures;
+//! - [`load`]: what the picker weighs per endpoint (score, requests awaiting
+//!   a response, probes), behind one small lock;
+//! - [`pick`]: power of two choices, soft: the cheaper of two draws wins
+//!   with a probability that grows with how much cheaper it is;
+//! - [`sim`]: a discrete-event simulator of a client, its balancer and N
+//!   endpoints (latency, queueing, failures, stalls, long streams, joins)
+//!   that runs minutes of traffic in milliseconds.
+//!
+//! The formula and the reason for each constant are in ARCHITECTURE.md
+//! ("How a request is balanced").
+
+pub mod baseline;
+pub mod load;
+pub mod pick;
+pub mod score;
+pub mod sim;
+
+/// A point in time, in nanoseconds since an origin the caller chose.
+pub type Nanos = u64;
+
+pub use baseline::Baseline;
+pub use load::Load;
+pub use pick::{Algorithm, Peer, Picker};
+pub use score::Score;

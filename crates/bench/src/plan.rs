@@ -49,6 +49,18 @@ pub struct Scenario {
     /// A replica made slower for the scenario.
     #[serde(default)]
     pub delay: Option<Delay>,
+    /// Replicas' behaviour for the scenario (`square-client
+    /// --set-behavior`): `all` for every replica, `"0"`-`"2"` for one (on
+    /// top of `all`). Reset to the default afterwards.
+    #[serde(default)]
+    pub behavior: BTreeMap<String, String>,
+    /// The replica whose share of calls the scenario reports as `share_pct`.
+    #[serde(default)]
+    pub degraded: Option<usize>,
+    /// Endpoints the targets balance over (default 3, one per replica;
+    /// more are the same replicas at other loopback addresses, 127.0.0.x).
+    #[serde(default)]
+    pub endpoints: Option<usize>,
     #[serde(default)]
     pub targets: Which,
     /// Only these targets (by name; `weft-1hop` covers `weft-1hop@build`),
@@ -81,6 +93,9 @@ pub enum Load {
         /// Seconds measured: the profile's, or this if it is shorter.
         #[serde(default)]
         duration: Option<f64>,
+        /// The share of calls to the service's slower method (`weft-load --mix`).
+        #[serde(default)]
+        mix: Option<f64>,
     },
     /// Calls back to back (the profile's `workers` in flight unless given).
     Closed {
@@ -187,8 +202,32 @@ impl Plan {
             for t in &s.only {
                 Kind::parse(t).with_context(|| format!("scenario `{}`: only", s.name))?;
             }
-            if s.delay.is_some_and(|d| d.replica >= crate::target::REPLICAS) {
-                bail!("scenario `{}`: there are {} replicas", s.name, crate::target::REPLICAS);
+            let replica = |i: usize| -> anyhow::Result<()> {
+                if i >= crate::target::REPLICAS {
+                    bail!("scenario `{}`: there are {} replicas", s.name, crate::target::REPLICAS);
+                }
+                Ok(())
+            };
+            if let Some(d) = s.delay {
+                replica(d.replica)?;
+            }
+            if let Some(d) = s.degraded {
+                replica(d)?;
+            }
+            for k in s.behavior.keys() {
+                if k != "all" {
+                    let i: usize = k.parse().map_err(|_| {
+                        anyhow::anyhow!("scenario `{}`: behavior `{k}`: write all or a replica number", s.name)
+                    })?;
+                    replica(i)?;
+                }
+            }
+            if s.endpoints.is_some_and(|n| !(crate::target::REPLICAS..=750).contains(&n)) {
+                bail!(
+                    "scenario `{}`: endpoints must be from {} to 750",
+                    s.name,
+                    crate::target::REPLICAS
+                );
             }
         }
         let known = |r: &str, place: &str| -> anyhow::Result<()> {
@@ -239,6 +278,8 @@ mod tests {
         let plan = Plan::load(&path).unwrap();
         assert!(plan.profiles.contains_key("full") && plan.profiles.contains_key("quick"));
         assert!(plan.scenarios.iter().any(|s| s.name == "rate_c1"));
+        let lab = Plan::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/lab.yaml")).unwrap();
+        assert!(lab.scenarios.iter().any(|s| s.endpoints == Some(300)));
     }
 
     #[test]

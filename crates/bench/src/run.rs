@@ -47,15 +47,23 @@ impl Bench<'_> {
             if !applies {
                 continue;
             }
-            if s.fresh {
+            let endpoints = s.endpoints.unwrap_or(crate::target::REPLICAS);
+            if s.fresh || endpoints != target.endpoints {
+                target.endpoints = endpoints;
                 target.restart(self.replicas, self.bins)?;
             }
             if let Some(d) = s.delay {
                 self.replicas.set_delay(d.replica, d.ms)?;
             }
+            self.set_behavior(s)?;
             let result = self.scenario(target, s);
             if let Some(d) = s.delay {
                 self.replicas.set_delay(d.replica, 0)?;
+            }
+            if !s.behavior.is_empty() {
+                for i in 0..self.replicas.ports.len() {
+                    self.replicas.set_behavior(i, "")?;
+                }
             }
             let mut record = result?;
             if s.rss && target.is_proxy() {
@@ -66,6 +74,24 @@ impl Bench<'_> {
             out.push(record);
         }
         Ok(out)
+    }
+
+    /// Applies a scenario's replica behaviour: `all`, then each replica's own.
+    fn set_behavior(&self, s: &Scenario) -> anyhow::Result<()> {
+        if s.behavior.is_empty() {
+            return Ok(());
+        }
+        let all = s.behavior.get("all").map(String::as_str).unwrap_or("");
+        for i in 0..self.replicas.ports.len() {
+            let own = s.behavior.get(&i.to_string()).map(String::as_str).unwrap_or("");
+            let spec = match (all, own) {
+                (a, "") => a.to_string(),
+                ("", o) => o.to_string(),
+                (a, o) => format!("{a},{o}"),
+            };
+            self.replicas.set_behavior(i, &spec)?;
+        }
+        Ok(())
     }
 
     fn scenario(&self, target: &Target, s: &Scenario) -> anyhow::Result<Record> {
@@ -83,6 +109,7 @@ impl Bench<'_> {
                 connections,
                 rate,
                 duration,
+                mix,
             } => {
                 let (rate, duration) = (
                     rate.unwrap_or(p.rate),
@@ -93,6 +120,7 @@ impl Bench<'_> {
                     ("--connections", connections as f64),
                     ("--duration", duration),
                     ("--warmup", p.warmup),
+                    ("--mix", mix.unwrap_or(0.0)),
                 ]);
                 let attacker = match &s.attack {
                     Some(a) => Some(load::attack(self.bins, target.port, a)?),
@@ -114,13 +142,18 @@ impl Bench<'_> {
                     v.insert("cpu_per_1k".into(), m.proxy_cpu / calls * 1000.0);
                 }
                 v.insert("background".into(), m.background);
-                if let Some(d) = s.delay {
-                    let slow = summary
-                        .hosts
-                        .get(&format!("square-{}", d.replica))
-                        .copied()
-                        .unwrap_or(0);
-                    v.insert("share_pct".into(), slow as f64 * 100.0 / summary.ok.max(1) as f64);
+                if let Some(replica) = s.degraded.or(s.delay.map(|d| d.replica)) {
+                    let slow = summary.hosts.get(&format!("square-{replica}")).copied().unwrap_or(0);
+                    // Of all calls sent (a failing replica's calls are not `ok`).
+                    let failed_there = if s.degraded.is_some() {
+                        summary.errors.values().sum::<u64>()
+                    } else {
+                        0
+                    };
+                    v.insert(
+                        "share_pct".into(),
+                        (slow + failed_there) as f64 * 100.0 / (summary.ok + failed_there).max(1) as f64,
+                    );
                 }
                 record.hosts = summary.hosts;
             }

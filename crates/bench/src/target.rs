@@ -100,10 +100,12 @@ impl Replicas {
         };
         for i in 0..REPLICAS {
             let port = procs::free_port()?;
+            // On every loopback address, so that scenarios with more
+            // endpoints than replicas can reach each one at 127.0.0.x.
             let argv = vec![
                 bins.get("square"),
                 "--listen".into(),
-                format!("127.0.0.1:{port}"),
+                format!("0.0.0.0:{port}"),
                 "--name".into(),
                 format!("square-{i}"),
             ];
@@ -117,6 +119,38 @@ impl Replicas {
 
     pub fn pids(&self) -> Vec<u32> {
         self.procs.iter().flat_map(|p| procs::descendants(p.id())).collect()
+    }
+
+    /// Sets replica `i`'s behaviour (`square-client --set-behavior`).
+    pub fn set_behavior(&self, i: usize, spec: &str) -> anyhow::Result<()> {
+        let out = Command::new(self.bins.get("square-client"))
+            .args(["--target", &format!("127.0.0.1:{}", self.ports[i])])
+            .args(["--set-behavior", spec])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "square-client --set-behavior {spec}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// `n` endpoints over the replicas: replica `k % 3` at 127.0.0.x, a new
+    /// loopback address every three endpoints. Each is (address, name).
+    pub fn endpoints(&self, n: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|k| {
+                let (r, host) = (k % self.ports.len(), k / self.ports.len());
+                let addr = format!("127.0.{}.{}:{}", host / 250, host % 250 + 1, self.ports[r]);
+                let name = if host == 0 {
+                    format!("square-{r}")
+                } else {
+                    format!("square-{r}-{host}")
+                };
+                (addr, name)
+            })
+            .collect()
     }
 
     /// Makes replica `i` answer `ms` milliseconds later.
@@ -146,6 +180,8 @@ pub struct Target {
     pub port: u16,
     procs: Vec<Child>,
     tmp: PathBuf,
+    /// Endpoints it balances over.
+    pub endpoints: usize,
 }
 
 impl Target {
@@ -156,6 +192,7 @@ impl Target {
             port: 0,
             procs: Vec::new(),
             tmp: tmp.into(),
+            endpoints: REPLICAS,
         };
         t.launch(replicas, bins)
             .with_context(|| format!("starting target {name}"))?;
@@ -193,7 +230,10 @@ impl Target {
             Kind::HAProxy { balance } => {
                 self.port = procs::free_port()?;
                 let cfg = self.tmp.join(format!("{}.cfg", self.name));
-                std::fs::write(&cfg, haproxy_config(self.port, balance, &replicas.ports))?;
+                std::fs::write(
+                    &cfg,
+                    haproxy_config(self.port, balance, &replicas.endpoints(self.endpoints)),
+                )?;
                 self.spawn(&["haproxy".into(), "-db".into(), "-f".into(), cfg.display().to_string()])
             }
             Kind::Nginx => {
@@ -201,7 +241,7 @@ impl Target {
                 let dir = self.tmp.join("nginx");
                 std::fs::create_dir_all(&dir)?;
                 let cfg = dir.join("nginx.conf");
-                std::fs::write(&cfg, nginx_config(self.port, &dir, &replicas.ports))?;
+                std::fs::write(&cfg, nginx_config(self.port, &dir, &replicas.endpoints(self.endpoints)))?;
                 let (cfg, dir) = (cfg.display().to_string(), dir.display().to_string());
                 self.spawn(&["nginx".into(), "-c".into(), cfg, "-p".into(), dir])
             }
@@ -209,10 +249,10 @@ impl Target {
     }
 
     fn launch_weft(&mut self, hops: u8, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
-        let mut endpoints = replicas.ports.clone();
+        let mut endpoints = replicas.endpoints(self.endpoints);
         if hops == 2 {
             endpoints.clear();
-            for p in &replicas.ports {
+            for (i, p) in replicas.ports.iter().enumerate() {
                 let inbound = procs::free_port()?;
                 self.spawn_proxy(
                     bins,
@@ -226,13 +266,13 @@ impl Target {
                     ],
                     inbound,
                 )?;
-                endpoints.push(inbound);
+                endpoints.push((format!("127.0.0.1:{inbound}"), format!("square-{i}")));
             }
         }
         let mesh = self.tmp.join(format!("mesh-{}.yaml", self.name));
         let mut yaml = format!("services:\n  {SERVICE}:\n    endpoints:\n");
-        for (i, p) in endpoints.iter().enumerate() {
-            yaml.push_str(&format!("      - address: 127.0.0.1:{p}\n        name: square-{i}\n"));
+        for (addr, name) in &endpoints {
+            yaml.push_str(&format!("      - address: {addr}\n        name: {name}\n"));
         }
         std::fs::write(&mesh, yaml)?;
         self.port = procs::free_port()?;
@@ -279,11 +319,11 @@ impl Drop for Target {
 }
 
 /// HAProxy 2.6: h2 on both sides, one thread, no logging.
-fn haproxy_config(port: u16, balance: &str, replicas: &[u16]) -> String {
-    let servers: Vec<String> = replicas
+fn haproxy_config(port: u16, balance: &str, endpoints: &[(String, String)]) -> String {
+    let servers: Vec<String> = endpoints
         .iter()
         .enumerate()
-        .map(|(i, p)| format!("    server s{i} 127.0.0.1:{p} proto h2"))
+        .map(|(i, (addr, _))| format!("    server s{i} {addr} proto h2"))
         .collect();
     format!(
         "global\n    nbthread 1\n    maxconn 4000\n    tune.h2.max-concurrent-streams 2000\n\
@@ -297,11 +337,11 @@ fn haproxy_config(port: u16, balance: &str, replicas: &[u16]) -> String {
 /// nginx 1.22: grpc_pass to the replicas, one worker, keep-alive raised on
 /// both sides (the default 1,000 requests would close a connection every
 /// half second at 2,000 calls/s).
-fn nginx_config(port: u16, dir: &Path, replicas: &[u16]) -> String {
+fn nginx_config(port: u16, dir: &Path, endpoints: &[(String, String)]) -> String {
     let d = dir.display();
-    let servers: Vec<String> = replicas
+    let servers: Vec<String> = endpoints
         .iter()
-        .map(|p| format!("        server 127.0.0.1:{p};"))
+        .map(|(addr, _)| format!("        server {addr};"))
         .collect();
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -320,11 +360,17 @@ mod tests {
 
     #[test]
     fn peer_configs_name_every_replica() {
-        let h = haproxy_config(9000, "leastconn", &[1, 2, 3]);
+        let eps = |ports: &[u16]| -> Vec<(String, String)> {
+            ports
+                .iter()
+                .map(|p| (format!("127.0.0.1:{p}"), format!("s{p}")))
+                .collect()
+        };
+        let h = haproxy_config(9000, "leastconn", &eps(&[1, 2, 3]));
         assert!(h.contains("bind 127.0.0.1:9000 proto h2"), "{h}");
         assert!(h.contains("balance leastconn"));
         assert!(h.contains("server s2 127.0.0.1:3 proto h2"));
-        let n = nginx_config(9001, Path::new("/tmp/x"), &[1, 2, 3]);
+        let n = nginx_config(9001, Path::new("/tmp/x"), &eps(&[1, 2, 3]));
         assert!(n.contains("listen 127.0.0.1:9001 http2;"), "{n}");
         assert!(n.contains("        server 127.0.0.1:3;"), "{n}");
         assert!(n.contains("\n    upstream pods {\n"), "{n}");

@@ -116,8 +116,29 @@ impl Drop for CallGuard {
 #[tonic::async_trait]
 impl Square for SquareService {
     async fn square(&self, request: Request<Input>) -> Result<Response<Output>, Status> {
+        self.answer(request, 0).await
+    }
+
+    async fn report(&self, request: Request<Input>) -> Result<Response<Output>, Status> {
+        let extra = self.behavior().report_ms;
+        self.answer(request, extra).await
+    }
+}
+
+/// When the process started, for the phase of periodic stalls.
+static STARTED: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
+impl SquareService {
+    async fn answer(&self, request: Request<Input>, extra_ms: u32) -> Result<Response<Output>, Status> {
         let mut guard = CallGuard::new(&self.stats);
         let b = self.behavior();
+        if b.work_us > 0 {
+            // CPU work on the server's thread: later calls queue behind it.
+            let until = std::time::Instant::now() + Duration::from_micros(u64::from(b.work_us));
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
         let jitter = if b.jitter_ms > 0 {
             fastrand::u32(0..=b.jitter_ms)
         } else {
@@ -128,9 +149,16 @@ impl Square for SquareService {
         } else {
             0
         };
-        let delay = Duration::from_millis(u64::from(b.delay_ms) + u64::from(jitter) + u64::from(slow));
+        let delay =
+            Duration::from_millis(u64::from(b.delay_ms) + u64::from(jitter) + u64::from(slow) + u64::from(extra_ms));
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
+        }
+        if b.stall_every_ms > 0 && b.stall_ms > 0 {
+            let phase = STARTED.elapsed().as_millis() as u64 % u64::from(b.stall_every_ms);
+            if phase < u64::from(b.stall_ms) {
+                tokio::time::sleep(Duration::from_millis(u64::from(b.stall_ms) - phase)).await;
+            }
         }
         guard.done = true;
         if b.error_rate > 0.0 && fastrand::f64() < b.error_rate {
@@ -172,6 +200,18 @@ pub fn validate(b: &Behavior) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!(
             "error_rate {} is not in [0, 1]",
             b.error_rate
+        )));
+    }
+    if b.work_us > 1_000_000 {
+        return Err(Status::invalid_argument(format!(
+            "work_us {} is over a second",
+            b.work_us
+        )));
+    }
+    if b.stall_ms > 0 && b.stall_ms >= b.stall_every_ms {
+        return Err(Status::invalid_argument(format!(
+            "stall_ms {} must be shorter than stall_every_ms {}",
+            b.stall_ms, b.stall_every_ms
         )));
     }
     if b.error_rate > 0.0 && !(1..=16).contains(&b.error_code) {

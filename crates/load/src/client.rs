@@ -82,9 +82,11 @@ pub fn grpc_frame(msg: &impl Message) -> Bytes {
     v.into()
 }
 
-/// A pre-built `square.Square/Square` call.
+/// A pre-built `square.Square/Square` call (or `square.Square/Report`,
+/// the service's slower method).
 pub struct UnaryCall {
     uri: Uri,
+    report_uri: Uri,
     body: Bytes,
     timeout: Duration,
     timeout_header: HeaderValue,
@@ -95,26 +97,31 @@ impl UnaryCall {
         let uri = format!("http://{authority}/square.Square/Square")
             .parse()
             .expect("valid authority");
+        let report_uri = format!("http://{authority}/square.Square/Report")
+            .parse()
+            .expect("valid authority");
         let body = grpc_frame(&weft_api::square::Input { value: 7 });
         let ms = timeout.as_millis().clamp(1, 99_999_999);
         UnaryCall {
             uri,
+            report_uri,
             body,
             timeout,
             timeout_header: HeaderValue::from_str(&format!("{ms}m")).expect("header"),
         }
     }
 
-    /// Sends the call; returns the replica's hostname.
-    pub async fn send(&self, sender: &mut Sender) -> CallResult {
-        match tokio::time::timeout(self.timeout, self.send_inner(sender)).await {
+    /// Sends the call (to `Report` if `report`); returns the replica's hostname.
+    pub async fn send(&self, sender: &mut Sender, report: bool) -> CallResult {
+        match tokio::time::timeout(self.timeout, self.send_inner(sender, report)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout),
         }
     }
 
-    async fn send_inner(&self, sender: &mut Sender) -> CallResult {
-        let mut req = Request::post(self.uri.clone())
+    async fn send_inner(&self, sender: &mut Sender, report: bool) -> CallResult {
+        let uri = if report { &self.report_uri } else { &self.uri };
+        let mut req = Request::post(uri.clone())
             .body(ReqBody::Full(Full::new(self.body.clone())))
             .expect("request");
         let h = req.headers_mut();

@@ -42,6 +42,9 @@ pub struct Options {
     pub timeout: Duration,
     /// Show a progress line on stderr.
     pub progress: bool,
+    /// The share of calls (0–1) sent to the service's slower method,
+    /// `square.Square/Report`, drawn at random per call.
+    pub mix: f64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +75,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Summary> {
         started,
         measure_from,
         end,
+        mix: opts.mix,
     };
     let kind = match opts.load {
         Load::Open { rate } => {
@@ -113,6 +117,7 @@ struct Run {
     /// Calls intended (open loop) or sent (closed loop) before this are warm-up.
     measure_from: Instant,
     end: Instant,
+    mix: f64,
 }
 
 impl Run {
@@ -153,8 +158,9 @@ impl Run {
         while let Some((i, intended)) = ticks.recv().await {
             let mut sender = self.conns[(i as usize) % self.conns.len()].clone();
             let (call, recorder) = (self.call.clone(), self.recorder.clone());
+            let report = self.mix > 0.0 && fastrand::f64() < self.mix;
             tasks.spawn(async move {
-                let result = call.send(&mut sender).await;
+                let result = call.send(&mut sender, report).await;
                 if intended >= measure_from {
                     let took = intended.elapsed();
                     if slow_log.is_some_and(|t| took >= t) {
@@ -172,14 +178,14 @@ impl Run {
     /// `workers` calls in flight, each sent when the one before finished.
     async fn closed_loop(&self, workers: usize, timeout: Duration) {
         let mut tasks = tokio::task::JoinSet::new();
-        let (measure_from, end) = (self.measure_from, self.end);
+        let (measure_from, end, mix) = (self.measure_from, self.end, self.mix);
         for w in 0..workers.max(1) {
             let mut sender = self.conns[w % self.conns.len()].clone();
             let (call, recorder) = (self.call.clone(), self.recorder.clone());
             tasks.spawn(async move {
                 while Instant::now() < end {
                     let sent = Instant::now();
-                    let result = call.send(&mut sender).await;
+                    let result = call.send(&mut sender, mix > 0.0 && fastrand::f64() < mix).await;
                     if sent >= measure_from {
                         report::lock(&recorder).record(sent.elapsed(), result);
                     }

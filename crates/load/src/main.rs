@@ -43,6 +43,10 @@ struct Args {
     /// Per-call deadline in milliseconds (sent as grpc-timeout).
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// The share of calls (0 to 1) sent to the service's slower method
+    /// (`square.Square/Report`) instead of `Square`.
+    #[arg(long, default_value_t = 0.0)]
+    mix: f64,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -62,6 +66,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(64);
         }
     };
+    if !(0.0..=1.0).contains(&args.mix) {
+        eprintln!("error: --mix is a share of calls, from 0 to 1");
+        return std::process::ExitCode::from(64);
+    }
     if !(args.duration > 0.0 && args.warmup >= 0.0) {
         eprintln!("error: --duration must be > 0 and --warmup >= 0 (seconds)");
         return std::process::ExitCode::from(64);
@@ -79,6 +87,7 @@ fn main() -> std::process::ExitCode {
             "off" => false,
             _ => weft_load::stderr_is_terminal(),
         },
+        mix: args.mix,
     };
     // One thread: the generator is pinned to one core by the bench runner.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -19,6 +19,7 @@ fn options(addr: std::net::SocketAddr, load: Load, secs: f64) -> Options {
         warmup: Duration::from_millis(300),
         timeout: Duration::from_secs(10),
         progress: false,
+        mix: 0.0,
     }
 }
 

@@ -39,6 +39,42 @@ struct Args {
     /// through SquareControl, print the new behaviour, and exit.
     #[arg(long)]
     set_delay_ms: Option<u32>,
+    /// Instead of calling Square: set the target replica's whole behaviour
+    /// as comma-separated `field=value` pairs (fields of `square.Behavior`:
+    /// delay_ms, jitter_ms, error_rate, error_code, slow_fraction, slow_ms,
+    /// work_us, stall_every_ms, stall_ms, report_ms; unnamed fields are 0),
+    /// print it, and exit. An empty SPEC restores the default behaviour.
+    #[arg(long, value_name = "SPEC", conflicts_with = "set_delay_ms")]
+    set_behavior: Option<String>,
+}
+
+/// Parses `field=value,...` into a behaviour.
+fn parse_behavior(spec: &str) -> anyhow::Result<weft_api::square::Behavior> {
+    let mut b = weft_api::square::Behavior::default();
+    for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("`{pair}`: write field=value"))?;
+        let int = || -> anyhow::Result<u32> { v.parse().map_err(|e| anyhow::anyhow!("{k}={v}: {e}")) };
+        let float = || -> anyhow::Result<f64> { v.parse().map_err(|e| anyhow::anyhow!("{k}={v}: {e}")) };
+        match k {
+            "delay_ms" => b.delay_ms = int()?,
+            "jitter_ms" => b.jitter_ms = int()?,
+            "error_rate" => b.error_rate = float()?,
+            "error_code" => b.error_code = int()?,
+            "slow_fraction" => b.slow_fraction = float()?,
+            "slow_ms" => b.slow_ms = int()?,
+            "work_us" => b.work_us = int()?,
+            "stall_every_ms" => b.stall_every_ms = int()?,
+            "stall_ms" => b.stall_ms = int()?,
+            "report_ms" => b.report_ms = int()?,
+            other => anyhow::bail!(
+                "unknown behaviour field `{other}` (delay_ms, jitter_ms, error_rate, error_code, slow_fraction, \
+                 slow_ms, work_us, stall_every_ms, stall_ms, report_ms)"
+            ),
+        }
+    }
+    Ok(b)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -62,6 +98,16 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .into_inner();
         println!("{}", serde_json::json!({"delay_ms": set.delay_ms}));
+        return Ok(());
+    }
+    if let Some(spec) = &args.set_behavior {
+        let behavior = parse_behavior(spec)?;
+        let set = weft_api::square::square_control_client::SquareControlClient::new(channel)
+            .set_behavior(behavior)
+            .await
+            .map_err(|s| anyhow::anyhow!("{}: {}", args.target, s.message()))?
+            .into_inner();
+        println!("{set:?}");
         return Ok(());
     }
     let client = SquareClient::new(channel);

@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         error_code: args.error_code,
         slow_fraction: args.slow_fraction,
         slow_ms: args.slow_ms,
+        ..Default::default()
     };
     if let Err(status) = validate(&behavior) {
         eprintln!("error: {}", status.message());

@@ -1,13 +1,15 @@
-//! The choice of an endpoint: power of two choices, soft.
+//! The choice of an endpoint: power of [`CHOICES`] choices, soft.
 //!
-//! Two distinct endpoints are drawn at random; the first wins with
-//! probability `c₂^K / (c₁^K + c₂^K)` where `c` is each one's cost
-//! ([`Load::cost`]). Equal endpoints split evenly whatever the noise in
-//! their estimates (a hard comparison ranks equal pods by noise: the first
-//! weft needed a 2× tie band against that, and so could not tell a pod 2×
-//! slower from its peers); a pod `r` times costlier loses a draw with
-//! probability `1 / (1 + r^K)`: with K = 2, 1.5× slower loses 31 % of its
-//! draws, 2× 20 %, 4× 6 %.
+//! Three distinct endpoints are drawn at random (all of them when there
+//! are three); each wins with probability proportional to
+//! `u^−K × (pending + 1)^−K_PENDING`, `u` its unit cost (relative latency ×
+//! failure penalty, [`Load::unit_cost`]) over the cheapest drawn one's.
+//! Equal endpoints split evenly whatever the noise in their estimates (a
+//! hard comparison ranks equal pods by noise: the first weft needed a 2×
+//! tie band against that, and so could not tell a pod 2× slower from its
+//! peers). Against two equal peers, an idle pod 1.5× slower gets 13 % of
+//! the picks, 2× slower 6 %, 4× 0.8 %; one request pending weighs 2⁶ = 64×:
+//! pending requests decide first, latency among the idle.
 //!
 //! Each pick takes the picker's state and two endpoints' locks: O(1) in the
 //! number of endpoints while they are ready (a scan happens only when a
@@ -22,9 +24,6 @@ use crate::{Load, Nanos};
 pub const K: i32 = 3;
 /// The exponent of the soft choice on pending requests.
 pub const K_PENDING: i32 = 6;
-/// Latency differences within this factor are noise: on a shared machine
-/// equal processes measure up to ~15 % apart, persistently.
-pub const TOLERANCE: f64 = 1.15;
 /// Endpoints drawn per pick.
 pub const CHOICES: usize = 3;
 /// The most endpoints a pick may draw.
@@ -40,7 +39,7 @@ pub const PROBE_CHECKS: usize = 2;
 /// How to choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
-    /// Soft power of two choices over latency × pending requests.
+    /// Soft power of three choices over relative latency, failures and pending requests.
     PeakEwma,
     /// The endpoint with the fewest pending requests (ties at random).
     LeastRequest,
@@ -79,8 +78,6 @@ pub struct Picker {
     pub exponents: (i32, i32),
     /// Endpoints drawn per pick (2: power of two choices).
     pub choices: usize,
-    /// Latency differences within this factor count as equal.
-    pub tolerance: f64,
 }
 
 impl Picker {
@@ -95,7 +92,6 @@ impl Picker {
             probe_cap,
             exponents: (K, K_PENDING),
             choices: CHOICES,
-            tolerance: TOLERANCE,
         }
     }
 
@@ -184,9 +180,9 @@ impl Picker {
     }
 
     /// The soft choice among the drawn: each wins with probability
-    /// proportional to `r^−K × (pending + 1)^−K_PENDING`, where `r` is its
-    /// unit cost over the cheapest drawn one's, less the [`TOLERANCE`]
-    /// (at least 1).
+    /// proportional to `u^−K × (pending + 1)^−K_PENDING`, where `u` is its
+    /// unit cost (relative latency × failure penalty) over the cheapest
+    /// drawn one's.
     fn choose<P: Peer>(&mut self, peers: &[P], drawn: &[usize]) -> usize {
         let (k, kp) = self.exponents;
         let mut unit = [0f64; MAX_CHOICES];
@@ -197,11 +193,7 @@ impl Picker {
         let mut weights = [0f64; MAX_CHOICES];
         let mut total = 0.0;
         for ((w, u), &i) in weights.iter_mut().zip(unit).zip(drawn) {
-            let r = if best > 0.0 {
-                (u / (best * self.tolerance)).max(1.0)
-            } else {
-                1.0
-            };
+            let r = if best > 0.0 { u / best } else { 1.0 };
             let pending = (peers[i].load().pending() + 1) as f64;
             *w = 1.0 / (r.powi(k) * pending.powi(kp));
             total += *w;

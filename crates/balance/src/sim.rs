@@ -118,7 +118,6 @@ pub struct Scenario {
     /// The picker's exponents (latency, pending), to explore others.
     pub exponents: (i32, i32),
     pub choices: usize,
-    pub tolerance: f64,
 }
 
 impl Scenario {
@@ -142,7 +141,6 @@ impl Scenario {
             probe_cap_s: 10.0,
             exponents: (crate::pick::K, crate::pick::K_PENDING),
             choices: crate::pick::CHOICES,
-            tolerance: crate::pick::TOLERANCE,
         }
     }
 }
@@ -235,7 +233,6 @@ pub fn run(s: &Scenario) -> Report {
     let mut picker = Picker::with_seed(s.seed ^ 0x9e37_79b9_7f4a_7c15, (s.probe_cap_s * 1e9) as Nanos);
     picker.exponents = s.exponents;
     picker.choices = s.choices;
-    picker.tolerance = s.tolerance;
     let tau = s.tau_s * 1e9;
     let baselines: Vec<Baseline> = s.routes.iter().map(|_| Baseline::new()).collect();
     let route_total: f64 = s.routes.iter().map(|r| r.weight).sum();

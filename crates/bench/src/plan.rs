@@ -222,7 +222,9 @@ impl Plan {
                     replica(i)?;
                 }
             }
-            if s.endpoints.is_some_and(|n| !(crate::target::REPLICAS..=750).contains(&n)) {
+            if s.endpoints
+                .is_some_and(|n| !(crate::target::REPLICAS..=750).contains(&n))
+            {
                 bail!(
                     "scenario `{}`: endpoints must be from {} to 750",
                     s.name,

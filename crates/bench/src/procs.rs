@@ -136,7 +136,7 @@ pub fn status_kib(pid: u32, key: &str) -> u64 {
 /// The machine's busy and total time, in seconds: busy is user + nice +
 /// system, what processes' own counters add up to (interrupt and softirq
 /// time, the loopback network's work, is charged to no process).
-pub fn machine_busy() -> (f64, f64) {
+pub fn machine_busy() -> (f64, f64, f64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let v: Vec<u64> = text
         .lines()
@@ -148,7 +148,9 @@ pub fn machine_busy() -> (f64, f64) {
         .collect();
     let ticks = clock_ticks();
     let busy = v.iter().take(3).sum::<u64>() as f64 / ticks;
-    (busy, v.iter().sum::<u64>() as f64 / ticks)
+    // The 8th field: time the hypervisor gave to someone else.
+    let steal = v.get(7).copied().unwrap_or(0) as f64 / ticks;
+    (busy, v.iter().sum::<u64>() as f64 / ticks, steal)
 }
 
 /// Runs a command and returns its first line of output (stdout or stderr).

@@ -220,13 +220,21 @@ pub fn render(plan: &Plan, targets: &[String], profile: &Profile, results: &Resu
         .filter_map(|r| r.values.get("background").copied())
         .collect();
     let max = background.iter().copied().fold(0.0, f64::max);
+    let steal: Vec<f64> = results
+        .records
+        .iter()
+        .filter_map(|r| r.values.get("steal").copied())
+        .collect();
+    let max_steal = steal.iter().copied().fold(0.0, f64::max);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     lines.extend([
         String::new(),
         format!(
             "Background load during the fixed-rate runs (CPU time outside the proxy, replicas and load generator, \
-             as a share of both cores): median {}, max {max:.3}. Load average at the end: {}.",
+             as a share of both cores): median {}, max {max:.3}; time the hypervisor took (steal): median {}, \
+             max {max_steal:.3}. Load average at the end: {}.",
             fmt(median(background), 3, ""),
+            fmt(median(steal), 3, ""),
             load.split_whitespace().next().unwrap_or("?")
         ),
         String::new(),

@@ -142,6 +142,7 @@ impl Bench<'_> {
                     v.insert("cpu_per_1k".into(), m.proxy_cpu / calls * 1000.0);
                 }
                 v.insert("background".into(), m.background);
+                v.insert("steal".into(), m.steal);
                 if let Some(replica) = s.degraded.or(s.delay.map(|d| d.replica)) {
                     let slow = summary.hosts.get(&format!("square-{replica}")).copied().unwrap_or(0);
                     // Of all calls sent (a failing replica's calls are not `ok`).
@@ -229,9 +230,9 @@ impl Bench<'_> {
             procs::cpu_seconds(&own),
             procs::children_cpu(),
         );
-        let (busy0, total0) = procs::machine_busy();
+        let (busy0, total0, steal0) = procs::machine_busy();
         let result = f();
-        let (busy1, total1) = procs::machine_busy();
+        let (busy1, total1, steal1) = procs::machine_busy();
         let (cpu1, own1, kids1) = (
             procs::cpu_seconds(&pids),
             procs::cpu_seconds(&own),
@@ -241,6 +242,7 @@ impl Bench<'_> {
         let m = Measured {
             proxy_cpu: cpu1 - cpu0,
             background,
+            steal: (steal1 - steal0).max(0.0) / (total1 - total0).max(1e-9),
         };
         (result, m)
     }
@@ -250,6 +252,8 @@ struct Measured {
     /// CPU seconds the target's processes used.
     proxy_cpu: f64,
     background: f64,
+    /// The share of both cores' time the hypervisor took (steal).
+    steal: f64,
 }
 
 fn args(pairs: &[(&str, f64)]) -> Vec<String> {

@@ -205,9 +205,11 @@ impl RequestPath {
     }
 
     /// The proxy answered a call it had sent to an endpoint with `err`
-    /// (the endpoint reset it or its connection failed first).
+    /// (the endpoint reset it, its connection failed, or the call's
+    /// deadline passed before it answered): the endpoint is charged a
+    /// failure.
     pub(crate) fn answered_after_pick(&self, call: Call, pick: InFlight, err: &ProxyError) {
-        if err.fault() == crate::error::Fault::Upstream {
+        if err.fault() == crate::error::Fault::Upstream || matches!(err, ProxyError::DeadlineExceeded(_)) {
             pick.failed();
         }
         self.answered(call, err);

@@ -206,3 +206,93 @@ async fn http1_keep_alive_requests_are_balanced_one_by_one() {
         assert!((0.2..=0.47).contains(share), "{host} served {:.1}%", share * 100.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_failing_fast_gets_almost_nothing() {
+    // UNAVAILABLE in a fraction of a millisecond: the fastest answers of
+    // all, which the first weft counted as good latency (a third of the
+    // calls in bench/results/2026-12-02-lab-first.md). A failure is charged
+    // instead.
+    let reps = replicas(3).await;
+    reps[2].service.set_behavior(Behavior {
+        error_rate: 1.0,
+        error_code: 14,
+        ..Default::default()
+    });
+    let disc = DiscoveryFile::new();
+    set(&disc, &endpoints(&reps));
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let hosts = square_calls(proxy.channel(SVC).await, 3000, 8).await;
+    let failed = hosts.iter().filter(|h| h.starts_with("error:Unavailable")).count();
+    assert_eq!(
+        failed as u64,
+        reps[2].stats().calls,
+        "every failure came from square-2, and only failures"
+    );
+    assert!(failed < 150, "square-2 got {failed} of 3,000 calls (5 % is 150)");
+    let m = proxy.metrics().await;
+    assert!(
+        weft_test_support::metric(&m, "weft_endpoint_consecutive_failures", &[("endpoint", "square-2")]) >= 1.0,
+        "the failures show on the endpoint:\n{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_beside_long_lived_streams_gets_its_share_not_every_call() {
+    use futures_util::StreamExt;
+    use tokio_stream::wrappers::ReceiverStream;
+    use weft_api::grpc_testing::{
+        ResponseParameters, StreamingOutputCallRequest, test_service_client::TestServiceClient,
+    };
+
+    let reps = replicas(4).await;
+    let disc = DiscoveryFile::new();
+    set(&disc, &endpoints(&reps[..3]));
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let channel = proxy.channel(SVC).await;
+    // 100 streams, each answered once and then held open.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let ping = StreamingOutputCallRequest {
+            response_parameters: vec![ResponseParameters {
+                size: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        tx.send(ping).await.unwrap();
+        let mut stream = TestServiceClient::new(channel.clone())
+            .full_duplex_call(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.next().await.expect("an answer").expect("a message");
+        held.push((tx, stream));
+    }
+    // A fourth replica joins (a rollout): it has no streams.
+    set(&disc, &endpoints(&reps));
+    weft_test_support::eventually("square-3 to take calls", std::time::Duration::from_secs(10), || {
+        let channel = channel.clone();
+        async move {
+            let hosts = square_calls(channel, 20, 1).await;
+            hosts.iter().any(|h| h == "square-3").then_some(())
+        }
+    })
+    .await;
+    let s = shares(&square_calls(channel.clone(), 2000, 4).await);
+    eprintln!("beside 100 streams: {s:?}");
+    // Counted as in flight for their whole life, the streams made the old
+    // replicas look 34 times as loaded: the new one took nearly every call.
+    let new = s.get("square-3").copied().unwrap_or(0.0);
+    assert!(
+        (0.15..=0.40).contains(&new),
+        "square-3 served {:.1}%: {s:?}",
+        new * 100.0
+    );
+    assert_eq!(s.len(), 4, "{s:?}");
+    // The streams were open all along.
+    for (tx, _) in &held {
+        assert!(!tx.is_closed(), "a held stream closed");
+    }
+}

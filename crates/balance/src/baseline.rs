@@ -32,6 +32,11 @@ impl Baseline {
         Self::default()
     }
 
+    /// Samples taken in so far.
+    pub fn samples(&self) -> u64 {
+        self.samples.load(Ordering::Relaxed)
+    }
+
     /// The typical latency in ns, or `None` before the first sample.
     pub fn get(&self) -> Option<f64> {
         (self.samples.load(Ordering::Relaxed) > 0).then(|| f64::from_bits(self.log_ns.load(Ordering::Relaxed)).exp())

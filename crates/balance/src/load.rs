@@ -97,13 +97,14 @@ impl Load {
     /// differences); its route's baseline takes it in too.
     pub fn answered(&self, baseline: &Baseline, latency_ns: f64, sent: Nanos, now: Nanos, tau_ns: f64) {
         let (relative, base) = baseline.relative(latency_ns);
+        let route_samples = baseline.samples();
         let mut st = self.lock();
         // A response much faster than the score is a sign of recovery: the
         // next probe comes soon, to confirm it.
         if relative * crate::score::JUMP < st.score.factor() || st.score.failures() > 0 {
             st.probe_every = PROBE_BASE;
         }
-        st.score.observe(relative, base, sent, now, tau_ns);
+        st.score.observe_young(relative, base, route_samples, sent, now, tau_ns);
     }
 
     /// The request failed (an error answer, a reset, a refused connection,

@@ -24,6 +24,11 @@ use crate::{Load, Nanos};
 pub const K: i32 = 3;
 /// The exponent of the soft choice on pending requests.
 pub const K_PENDING: i32 = 6;
+/// Unit costs within this ratio of the cheapest drawn count as equal (and
+/// beyond it, the ratio counts from here): replicas that are equal but
+/// measure a little apart, as processes on a shared machine do, split
+/// evenly instead of by the cube of their difference.
+pub const BAND: f64 = 1.1;
 /// Endpoints drawn per pick.
 pub const CHOICES: usize = 3;
 /// The most endpoints a pick may draw.
@@ -193,7 +198,7 @@ impl Picker {
         let mut weights = [0f64; MAX_CHOICES];
         let mut total = 0.0;
         for ((w, u), &i) in weights.iter_mut().zip(unit).zip(drawn) {
-            let r = if best > 0.0 { u / best } else { 1.0 };
+            let r = if best > 0.0 { (u / best / BAND).max(1.0) } else { 1.0 };
             let pending = (peers[i].load().pending() + 1) as f64;
             *w = 1.0 / (r.powi(k) * pending.powi(kp));
             total += *w;

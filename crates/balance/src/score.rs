@@ -28,6 +28,15 @@
 //! - A new endpoint starts at 1.0, the service's typical latency, with the
 //!   weight of [`PRIOR`] samples: it is neither flooded nor starved, and a
 //!   cold first answer (or a jump that is not confirmed) does not rank it.
+//! - **A young baseline moves**: the first answers of a service include
+//!   its cold ones (connections being opened), so its baseline starts high
+//!   and comes down as samples accrue. An endpoint's samples are relative
+//!   to the baseline of their time, so the score of one that took many of
+//!   the early calls would be stale (it read 0.66 where its twins read
+//!   0.95, and took 60 % of the calls for the next hundred). An endpoint
+//!   therefore remembers no more samples than 1/[`YOUNG`] of its routes'
+//!   total: while the baseline is young every endpoint follows it quickly,
+//!   and once it has a few hundred samples this no longer binds.
 
 use crate::Nanos;
 
@@ -41,6 +50,8 @@ pub const MEMORY: f64 = 100.0;
 /// one slow first answer (a cold connection behind the endpoint's own
 /// proxy) must not rank it.
 pub const PRIOR: f64 = 4.0;
+/// An endpoint remembers at most 1/YOUNG of its routes' samples.
+pub const YOUNG: u64 = 8;
 /// Each failure in a row multiplies the cost by this.
 pub const FAIL_FACTOR: f64 = 4.0;
 /// Failures in a row that still raise the cost (4⁸ = 65,536×).
@@ -113,6 +124,20 @@ impl Score {
     /// route's baseline `baseline_ns`; the request was sent at `sent`.
     /// `tau_ns` is the time constant for sparse samples.
     pub fn observe(&mut self, relative: f64, baseline_ns: f64, sent: Nanos, now: Nanos, tau_ns: f64) {
+        self.observe_young(relative, baseline_ns, u64::MAX, sent, now, tau_ns);
+    }
+
+    /// [`Score::observe`] against a baseline of `route_samples` samples: a
+    /// young one bounds the score's memory (see the module's notes).
+    pub fn observe_young(
+        &mut self,
+        relative: f64,
+        baseline_ns: f64,
+        route_samples: u64,
+        sent: Nanos,
+        now: Nanos,
+        tau_ns: f64,
+    ) {
         self.failures = 0;
         let sample = relative.max(0.0);
         let current = self.factor;
@@ -152,7 +177,8 @@ impl Score {
             let dt = now.saturating_sub(self.stamp) as f64;
             1.0 - (-dt / tau_ns.max(1.0)).exp()
         };
-        let w = sparse.max(1.0 / (self.samples as f64 + 1.0 + PRIOR)).max(1.0 / MEMORY);
+        let remembered = self.samples.min(route_samples / YOUNG) as f64;
+        let w = sparse.max(1.0 / (remembered + 1.0 + PRIOR)).max(1.0 / MEMORY);
         // In the log domain: the score follows typical latency (a geometric
         // mean), so the sub-jump noise of a busy machine (answers 2-3× the
         // usual now and then) moves it by their ratio's log, not their size.
@@ -278,5 +304,24 @@ mod tests {
         assert!((s.factor() - 1.0).abs() < 1e-9, "failures are not latency samples");
         s.observe(1.0, BASE, 0, MS, TAU);
         assert_eq!(s.penalty(), 1.0);
+    }
+
+    #[test]
+    fn a_young_baseline_shortens_the_memory() {
+        // 60 samples read 0.66 against a baseline still inflated by cold
+        // answers; then the baseline settles and the samples read 1.0.
+        let run = |route_samples: u64| {
+            let mut s = Score::new(0);
+            for i in 0..60 {
+                s.observe_young(0.66, BASE, route_samples + i, i * MS, i * MS, TAU);
+            }
+            for i in 60..80 {
+                s.observe_young(1.0, BASE, route_samples + i, i * MS, i * MS, TAU);
+            }
+            s.factor()
+        };
+        let (young, mature) = (run(100), run(1_000_000));
+        assert!(young > 0.8, "young baseline: {young}");
+        assert!(mature < 0.76, "mature baseline: {mature}");
     }
 }

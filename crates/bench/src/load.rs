@@ -112,3 +112,45 @@ pub fn h2load(port: u16, seconds: f64, conns: usize, streams: usize) -> Option<f
         .find(|l| l.starts_with("finished in"))
         .and_then(|l| l.split(',').nth(1)?.split_whitespace().next()?.parse().ok())
 }
+
+/// Opens `streams` long-lived streams through the target with `weft-load
+/// --streams` and returns once they are open (its "N of N streams open"
+/// line), holding them for `hold` seconds or until stopped.
+pub fn hold_streams(bins: &Bins, port: u16, streams: usize, hold: f64) -> anyhow::Result<Child> {
+    use std::io::{BufRead, BufReader};
+    let args = [
+        "--streams".to_string(),
+        streams.to_string(),
+        "--duration".into(),
+        hold.to_string(),
+    ];
+    let mut child = Command::new("taskset")
+        .arg("-c")
+        .arg(LOAD_CORE)
+        .args(argv(bins, port, &args))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start weft-load --streams")?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let want = format!("{streams} of {streams} streams open");
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(&want) => break,
+            Some(Ok(line)) if line.contains("streams open") => {
+                procs::stop(&mut child);
+                bail!("weft-load could not open every stream: {line}");
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                procs::stop(&mut child);
+                bail!("weft-load --streams exited before its streams were open");
+            }
+        }
+    }
+    // Keep draining its stderr, so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(child)
+}

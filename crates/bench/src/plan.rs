@@ -61,6 +61,10 @@ pub struct Scenario {
     /// more are the same replicas at other loopback addresses, 127.0.0.x).
     #[serde(default)]
     pub endpoints: Option<usize>,
+    /// A replica left out of the target's endpoints at first, which joins
+    /// (a rollout) once long-lived streams are open on the others.
+    #[serde(default)]
+    pub join: Option<Join>,
     #[serde(default)]
     pub targets: Which,
     /// Only these targets (by name; `weft-1hop` covers `weft-1hop@build`),
@@ -120,6 +124,16 @@ pub struct Attack {
     /// Attacking connections at once (`weft-attack`'s default unless given).
     #[serde(default)]
     pub connections: Option<usize>,
+}
+
+/// A new pod beside long-lived streams: `streams` are opened (and held for
+/// the whole scenario) while `replica` is out of the endpoints; then it
+/// joins and the scenario's load runs.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    pub replica: usize,
+    pub streams: usize,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -214,6 +228,12 @@ impl Plan {
             if let Some(d) = s.degraded {
                 replica(d)?;
             }
+            if let Some(j) = s.join {
+                replica(j.replica)?;
+                if !matches!(s.load, Load::Open { .. }) {
+                    bail!("scenario `{}`: join needs an open-loop load", s.name);
+                }
+            }
             for k in s.behavior.keys() {
                 if k != "all" {
                     let i: usize = k.parse().map_err(|_| {
@@ -282,6 +302,7 @@ mod tests {
         assert!(plan.scenarios.iter().any(|s| s.name == "rate_c1"));
         let lab = Plan::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/lab.yaml")).unwrap();
         assert!(lab.scenarios.iter().any(|s| s.endpoints == Some(300)));
+        assert!(lab.scenarios.iter().any(|s| s.join.is_some()));
     }
 
     #[test]

@@ -48,8 +48,10 @@ impl Bench<'_> {
                 continue;
             }
             let endpoints = s.endpoints.unwrap_or(crate::target::REPLICAS);
-            if s.fresh || endpoints != target.endpoints {
+            let absent = s.join.map(|j| j.replica);
+            if s.fresh || endpoints != target.endpoints || absent.is_some() || absent != target.absent {
                 target.endpoints = endpoints;
+                target.absent = absent;
                 target.restart(self.replicas, self.bins)?;
             }
             if let Some(d) = s.delay {
@@ -94,7 +96,7 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn scenario(&self, target: &Target, s: &Scenario) -> anyhow::Result<Record> {
+    fn scenario(&self, target: &mut Target, s: &Scenario) -> anyhow::Result<Record> {
         let p = self.profile;
         let mut record = Record {
             pass: self.pass,
@@ -122,6 +124,19 @@ impl Bench<'_> {
                     ("--warmup", p.warmup),
                     ("--mix", mix.unwrap_or(0.0)),
                 ]);
+                // A rollout: long-lived streams on the replicas there, then a new one.
+                let holder = match s.join {
+                    Some(j) => {
+                        let hold = p.warmup + duration + 30.0;
+                        let mut child = load::hold_streams(self.bins, target.port, j.streams, hold)?;
+                        if let Err(e) = target.join() {
+                            procs::stop(&mut child);
+                            return Err(e);
+                        }
+                        Some(child)
+                    }
+                    None => None,
+                };
                 let attacker = match &s.attack {
                     Some(a) => Some(load::attack(self.bins, target.port, a)?),
                     None => None,
@@ -134,6 +149,9 @@ impl Bench<'_> {
                     }
                     summary
                 });
+                if let Some(mut h) = holder {
+                    procs::stop(&mut h);
+                }
                 let summary = summary?;
                 latency(v, &summary);
                 // The proxy also served the warm-up.

@@ -182,6 +182,17 @@ pub struct Target {
     tmp: PathBuf,
     /// Endpoints it balances over.
     pub endpoints: usize,
+    /// A replica left out of them until [`Target::join`].
+    pub absent: Option<usize>,
+    all_endpoints: Vec<(String, String)>,
+    /// How to bring the absent replica in: weft's mesh file (rewritten
+    /// with every endpoint) and admin port, or HAProxy's admin socket.
+    joiner: Option<Joiner>,
+}
+
+enum Joiner {
+    Weft { mesh: PathBuf, yaml: String, admin: u16 },
+    HAProxy { socket: PathBuf },
 }
 
 impl Target {
@@ -193,6 +204,9 @@ impl Target {
             procs: Vec::new(),
             tmp: tmp.into(),
             endpoints: REPLICAS,
+            absent: None,
+            all_endpoints: Vec::new(),
+            joiner: None,
         };
         t.launch(replicas, bins)
             .with_context(|| format!("starting target {name}"))?;
@@ -220,7 +234,52 @@ impl Target {
         self.procs.clear();
     }
 
+    /// The absent replica joins: weft rereads its mesh file (this returns
+    /// once the proxy's balancer shows the new endpoint), HAProxy enables
+    /// the server through its admin socket.
+    pub fn join(&mut self) -> anyhow::Result<()> {
+        let Some(r) = self.absent.take() else {
+            return Ok(());
+        };
+        match self.joiner.take() {
+            Some(Joiner::Weft { mesh, yaml, admin }) => {
+                std::fs::write(&mesh, yaml)?;
+                let name = format!("endpoint=\"square-{r}\"");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while !procs::http_get(admin, "/metrics").is_ok_and(|m| m.contains(&name)) {
+                    if std::time::Instant::now() > deadline {
+                        bail!("{}: square-{r} did not join within 10 s", self.name);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Ok(())
+            }
+            Some(Joiner::HAProxy { socket }) => {
+                use std::io::{Read, Write};
+                let mut answer = String::new();
+                for (k, (_, name)) in self.all_endpoints.iter().enumerate() {
+                    if is_replica(name, r) {
+                        let mut sock = std::os::unix::net::UnixStream::connect(&socket)
+                            .with_context(|| format!("HAProxy admin socket {}", socket.display()))?;
+                        sock.write_all(format!("enable server pods/s{k}\n").as_bytes())?;
+                        sock.read_to_string(&mut answer)?;
+                    }
+                }
+                if !answer.trim().is_empty() {
+                    bail!("HAProxy refused to enable square-{r}: {}", answer.trim());
+                }
+                Ok(())
+            }
+            None => bail!("{}: a replica cannot join this target", self.name),
+        }
+    }
+
     fn launch(&mut self, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
+        self.joiner = None;
+        self.all_endpoints = replicas.endpoints(self.endpoints);
+        if self.absent.is_some() && matches!(self.kind, Kind::Direct | Kind::Nginx) {
+            bail!("{}: replicas joining are measured for weft and HAProxy only", self.name);
+        }
         match self.kind {
             Kind::Direct => {
                 self.port = replicas.ports[0];
@@ -230,10 +289,13 @@ impl Target {
             Kind::HAProxy { balance } => {
                 self.port = procs::free_port()?;
                 let cfg = self.tmp.join(format!("{}.cfg", self.name));
+                let socket = self.tmp.join(format!("{}.sock", self.name));
+                let _ = std::fs::remove_file(&socket);
                 std::fs::write(
                     &cfg,
-                    haproxy_config(self.port, balance, &replicas.endpoints(self.endpoints)),
+                    haproxy_config(self.port, balance, &self.all_endpoints, self.absent, &socket),
                 )?;
+                self.joiner = Some(Joiner::HAProxy { socket });
                 self.spawn(&["haproxy".into(), "-db".into(), "-f".into(), cfg.display().to_string()])
             }
             Kind::Nginx => {
@@ -241,7 +303,7 @@ impl Target {
                 let dir = self.tmp.join("nginx");
                 std::fs::create_dir_all(&dir)?;
                 let cfg = dir.join("nginx.conf");
-                std::fs::write(&cfg, nginx_config(self.port, &dir, &replicas.endpoints(self.endpoints)))?;
+                std::fs::write(&cfg, nginx_config(self.port, &dir, &self.all_endpoints))?;
                 let (cfg, dir) = (cfg.display().to_string(), dir.display().to_string());
                 self.spawn(&["nginx".into(), "-c".into(), cfg, "-p".into(), dir])
             }
@@ -249,7 +311,7 @@ impl Target {
     }
 
     fn launch_weft(&mut self, hops: u8, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
-        let mut endpoints = replicas.endpoints(self.endpoints);
+        let mut endpoints = self.all_endpoints.clone();
         if hops == 2 {
             endpoints.clear();
             for (i, p) in replicas.ports.iter().enumerate() {
@@ -265,16 +327,28 @@ impl Target {
                         &format!("127.0.0.1:{p}"),
                     ],
                     inbound,
+                    procs::free_port()?,
                 )?;
                 endpoints.push((format!("127.0.0.1:{inbound}"), format!("square-{i}")));
             }
         }
         let mesh = self.tmp.join(format!("mesh-{}.yaml", self.name));
-        let mut yaml = format!("services:\n  {SERVICE}:\n    endpoints:\n");
-        for (addr, name) in &endpoints {
-            yaml.push_str(&format!("      - address: {addr}\n        name: {name}\n"));
-        }
-        std::fs::write(&mesh, yaml)?;
+        let yaml = |absent: Option<usize>| {
+            let mut yaml = format!("services:\n  {SERVICE}:\n    endpoints:\n");
+            for (addr, name) in &endpoints {
+                if !absent.is_some_and(|r| is_replica(name, r)) {
+                    yaml.push_str(&format!("      - address: {addr}\n        name: {name}\n"));
+                }
+            }
+            yaml
+        };
+        std::fs::write(&mesh, yaml(self.absent))?;
+        let admin = procs::free_port()?;
+        self.joiner = Some(Joiner::Weft {
+            mesh: mesh.clone(),
+            yaml: yaml(None),
+            admin,
+        });
         self.port = procs::free_port()?;
         let listen = format!("127.0.0.1:{}", self.port);
         let mesh = mesh.display().to_string();
@@ -286,14 +360,14 @@ impl Target {
             "--discovery-file",
             &mesh,
         ];
-        self.spawn_proxy(bins, &args, self.port)
+        self.spawn_proxy(bins, &args, self.port, admin)
     }
 
-    fn spawn_proxy(&mut self, bins: &Bins, args: &[&str], port: u16) -> anyhow::Result<()> {
+    fn spawn_proxy(&mut self, bins: &Bins, args: &[&str], port: u16, admin: u16) -> anyhow::Result<()> {
         let mut argv = vec![
             bins.proxy_for(&self.name)?.display().to_string(),
             "--admin-listen".into(),
-            format!("127.0.0.1:{}", procs::free_port()?),
+            format!("127.0.0.1:{admin}"),
             "--log".into(),
             "warn".into(),
         ];
@@ -318,18 +392,40 @@ impl Drop for Target {
     }
 }
 
-/// HAProxy 2.6: h2 on both sides, one thread, no logging.
-fn haproxy_config(port: u16, balance: &str, endpoints: &[(String, String)]) -> String {
+/// Whether endpoint `name` is replica `r` (`square-r`, or `square-r-host`
+/// at another loopback address).
+fn is_replica(name: &str, r: usize) -> bool {
+    let own = format!("square-{r}");
+    name == own || name.starts_with(&format!("{own}-"))
+}
+
+/// HAProxy 2.6: h2 on both sides, one thread, no logging; the `absent`
+/// replica's servers start disabled, to be enabled on `socket`.
+fn haproxy_config(
+    port: u16,
+    balance: &str,
+    endpoints: &[(String, String)],
+    absent: Option<usize>,
+    socket: &Path,
+) -> String {
     let servers: Vec<String> = endpoints
         .iter()
         .enumerate()
-        .map(|(i, (addr, _))| format!("    server s{i} {addr} proto h2"))
+        .map(|(i, (addr, name))| {
+            let off = if absent.is_some_and(|r| is_replica(name, r)) {
+                " disabled"
+            } else {
+                ""
+            };
+            format!("    server s{i} {addr} proto h2{off}")
+        })
         .collect();
     format!(
-        "global\n    nbthread 1\n    maxconn 4000\n    tune.h2.max-concurrent-streams 2000\n\
+        "global\n    nbthread 1\n    maxconn 4000\n    tune.h2.max-concurrent-streams 2000\n    stats socket {} level admin\n\
          defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\
          frontend fe\n    bind 127.0.0.1:{port} proto h2\n    default_backend pods\n\
          backend pods\n    balance {balance}\n{}\n",
+        socket.display(),
         servers.join("\n")
     )
 }
@@ -366,10 +462,23 @@ mod tests {
                 .map(|p| (format!("127.0.0.1:{p}"), format!("s{p}")))
                 .collect()
         };
-        let h = haproxy_config(9000, "leastconn", &eps(&[1, 2, 3]));
+        let sock = Path::new("/tmp/x/admin.sock");
+        let h = haproxy_config(9000, "leastconn", &eps(&[1, 2, 3]), None, sock);
         assert!(h.contains("bind 127.0.0.1:9000 proto h2"), "{h}");
         assert!(h.contains("balance leastconn"));
-        assert!(h.contains("server s2 127.0.0.1:3 proto h2"));
+        assert!(h.contains("server s2 127.0.0.1:3 proto h2\n"));
+        assert!(h.contains("stats socket /tmp/x/admin.sock level admin"), "{h}");
+        let named = vec![
+            ("127.0.0.1:1".to_string(), "square-0".to_string()),
+            ("127.0.0.1:2".to_string(), "square-1".to_string()),
+            ("127.0.0.2:1".to_string(), "square-0-1".to_string()),
+            ("127.0.0.2:2".to_string(), "square-10".to_string()),
+        ];
+        let h = haproxy_config(9000, "leastconn", &named, Some(0), sock);
+        assert!(h.contains("server s0 127.0.0.1:1 proto h2 disabled"), "{h}");
+        assert!(h.contains("server s2 127.0.0.2:1 proto h2 disabled"), "{h}");
+        assert!(h.contains("server s1 127.0.0.1:2 proto h2\n"), "{h}");
+        assert!(h.contains("server s3 127.0.0.2:2 proto h2\n"), "{h}");
         let n = nginx_config(9001, Path::new("/tmp/x"), &eps(&[1, 2, 3]));
         assert!(n.contains("listen 127.0.0.1:9001 http2;"), "{n}");
         assert!(n.contains("        server 127.0.0.1:3;"), "{n}");

@@ -3,13 +3,14 @@
 //! Three distinct endpoints are drawn at random (all of them when there
 //! are three); each wins with probability proportional to
 //! `u^−K × (pending + 1)^−K_PENDING`, `u` its unit cost (relative latency ×
-//! failure penalty, [`Load::unit_cost`]) over the cheapest drawn one's.
-//! Equal endpoints split evenly whatever the noise in their estimates (a
-//! hard comparison ranks equal pods by noise: the first weft needed a 2×
-//! tie band against that, and so could not tell a pod 2× slower from its
-//! peers). Against two equal peers, an idle pod 1.5× slower gets 13 % of
-//! the picks, 2× slower 6 %, 4× 0.8 %; one request pending weighs 2⁶ = 64×:
-//! pending requests decide first, latency among the idle.
+//! failure penalty, [`Load::unit_cost`]) over the cheapest drawn one's,
+//! less a [`BAND`] of 10 %. Equal endpoints split evenly whatever the noise
+//! in their estimates (a hard comparison ranks equal pods by noise: the
+//! first weft needed a 2× tie band against that, and so could not tell a
+//! pod 2× slower from its peers). Against two equal peers, an idle pod 1.5×
+//! slower gets 16 % of the picks, 2× slower 8 %, 4× 1.0 %; one request
+//! pending weighs 2⁶ = 64×: pending requests decide first, latency among
+//! the idle.
 //!
 //! Each pick takes the picker's state and two endpoints' locks: O(1) in the
 //! number of endpoints while they are ready (a scan happens only when a

@@ -209,20 +209,35 @@ async fn every_status_code_with_its_message_and_metadata() {
 }
 
 /// A slow square replica behind the proxy's outbound.
-async fn slow_square(delay_ms: u32) -> (square::SquareHandle, TestProxy, DiscoveryFile) {
+async fn slow_square(delay_ms: u32, proxy_args: &[&str]) -> (square::SquareHandle, TestProxy, DiscoveryFile) {
     let mut opts = square::SquareOptions::named("slow");
     opts.behavior.delay_ms = delay_ms;
     let rep = square::spawn(opts).await.unwrap();
     let disc = DiscoveryFile::new();
     disc.set("square.test:50051", &[("slow", rep.addr)]);
-    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let proxy = TestProxy::with_discovery(&disc, proxy_args).await;
     (rep, proxy, disc)
+}
+
+/// The balancer's count of failures in a row on the `slow` endpoint.
+async fn failures_in_a_row(proxy: &TestProxy) -> f64 {
+    weft_test_support::metric(
+        &proxy.metrics().await,
+        "weft_endpoint_consecutive_failures",
+        &[("endpoint", "slow")],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_against_a_slow_server_is_exceeded_and_the_server_sees_the_cancellation() {
+    for engine in ["splice", "hyper"] {
+        deadline_exceeded_with(engine).await;
+    }
+}
+
+async fn deadline_exceeded_with(engine: &str) {
     use prost::Message;
-    let (rep, proxy, _d) = slow_square(5_000).await;
+    let (rep, proxy, _d) = slow_square(5_000, &["--h2-engine", engine]).await;
     // A client that sends grpc-timeout and waits for the answer (it does not
     // enforce the deadline itself): the proxy answers DEADLINE_EXCEEDED.
     let msg = weft_api::square::Input { value: 3 }.encode_to_vec();
@@ -247,6 +262,13 @@ async fn a_deadline_against_a_slow_server_is_exceeded_and_the_server_sees_the_ca
         "answered after {:?}",
         started.elapsed()
     );
+    // An endpoint that held a call past its deadline is charged a failure.
+    eventually(
+        &format!("{engine}: a failure charged"),
+        Duration::from_secs(3),
+        || async { (failures_in_a_row(&proxy).await == 1.0).then_some(()) },
+    )
+    .await;
     eventually("the server to see the cancellation", Duration::from_secs(3), || async {
         (rep.stats().cancelled == 1 && rep.stats().in_flight == 0).then_some(())
     })
@@ -272,7 +294,7 @@ async fn a_deadline_against_a_slow_server_is_exceeded_and_the_server_sees_the_ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cancellation_reaches_the_server() {
-    let (rep, proxy, _d) = slow_square(5_000).await;
+    let (rep, proxy, _d) = slow_square(5_000, &[]).await;
     let mut client = weft_api::square::square_client::SquareClient::new(proxy.channel("square.test:50051").await);
     let call = tokio::spawn(async move { client.square(weft_api::square::Input { value: 3 }).await });
     eventually("the call to reach the server", Duration::from_secs(3), || async {
@@ -284,6 +306,8 @@ async fn client_cancellation_reaches_the_server() {
         (rep.stats().cancelled == 1 && rep.stats().in_flight == 0).then_some(())
     })
     .await;
+    // The client gave up, not the endpoint: nothing is charged.
+    assert_eq!(failures_in_a_row(&proxy).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

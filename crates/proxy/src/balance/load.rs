@@ -72,6 +72,12 @@ impl InFlight {
         &self.candidate.endpoint
     }
 
+    /// The endpoint's balancing state, to charge it a failure after this
+    /// request is gone (its deadline passed while the endpoint had it).
+    pub(crate) fn candidate(&self) -> Arc<Candidate> {
+        self.candidate.clone()
+    }
+
     /// The response head arrived for the request sent at `sent`: a latency
     /// sample (against the route's `baseline`), or a failure when the head
     /// already says the call failed. The request stops being pending.

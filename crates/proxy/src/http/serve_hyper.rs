@@ -23,7 +23,7 @@ use body::{Finisher, ObservedBody};
 
 use super::{Call, Head, Memo, RequestPath};
 use crate::{
-    balance::InFlight,
+    balance::{InFlight, load::Candidate},
     core::{ConnMeta, Proto, lock},
     endpoint::Http1Lease,
     error::{ProxyError, chain, find_h2_reason},
@@ -154,11 +154,21 @@ async fn handle(
         Some(hyper::upgrade::on(&mut req))
     });
     let deadline = call.deadline();
-    let forward = send(conn, req, &mut call, path);
+    // The endpoint the request is on, if any: charged a failure when the
+    // call's deadline passes before it answers (a deadline that passes
+    // while no endpoint is ready charges nobody).
+    let mut on = None;
+    let forward = send(conn, req, &mut call, path, &mut on);
     let result = match deadline {
-        Some((at, budget)) => tokio::time::timeout_at(at, forward)
-            .await
-            .unwrap_or(Err(ProxyError::DeadlineExceeded(budget))),
+        Some((at, budget)) => match tokio::time::timeout_at(at, forward).await {
+            Ok(result) => result,
+            Err(_) => {
+                if let Some(candidate) = on.take() {
+                    candidate.load.failed();
+                }
+                Err(ProxyError::DeadlineExceeded(budget))
+            }
+        },
         None => forward.await,
     };
     let (resp, pick, lease, sent) = match result {
@@ -211,9 +221,11 @@ async fn send(
     mut req: Request<Incoming>,
     call: &mut Call,
     path: &RequestPath,
+    on: &mut Option<Arc<Candidate>>,
 ) -> Result<Sent, ProxyError> {
     loop {
         let pick = path.pick(call).await?;
+        *on = Some(pick.candidate());
         let ep = pick.endpoint().clone();
         let result = match conn.proto {
             Proto::Http1 => ep.send_http1(req).await.map(|(r, lease, sent)| (r, Some(lease), sent)),

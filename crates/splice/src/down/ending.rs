@@ -21,14 +21,16 @@ impl<D: Dispatch> Down<D> {
             // The response began: a second head would be malformed; the
             // client learns of the failure from a reset.
             frame::put_rst(&mut self.wire.wbuf, id, code::INTERNAL_ERROR);
-            self.dispatch.finished(s.x.call, None, End::Answered(err));
+            self.dispatch.finished(s.x.call, s.x.pick.take(), End::Answered(err));
             return;
         }
         self.answer(id, grpc, err);
         if !client_done {
             frame::put_rst(&mut self.wire.wbuf, id, code::NO_ERROR);
         }
-        self.dispatch.finished(s.x.call, None, End::Answered(err));
+        // With the endpoint it was on, if any: the dispatcher judges
+        // whether the endpoint is to blame (a reset, the deadline).
+        self.dispatch.finished(s.x.call, s.x.pick.take(), End::Answered(err));
     }
 
     /// Writes an error response (gRPC: trailers-only; HTTP: status and text).

@@ -214,18 +214,18 @@ pub fn render(plan: &Plan, targets: &[String], profile: &Profile, results: &Resu
         "|---|---|---|---|".into(),
     ]);
     lines.extend(plan.goals.iter().map(|g| goal(results, g, profile)));
-    let background: Vec<f64> = results
-        .records
-        .iter()
-        .filter_map(|r| r.values.get("background").copied())
-        .collect();
-    let max = background.iter().copied().fold(0.0, f64::max);
-    let steal: Vec<f64> = results
-        .records
-        .iter()
-        .filter_map(|r| r.values.get("steal").copied())
-        .collect();
-    let max_steal = steal.iter().copied().fold(0.0, f64::max);
+    // A machine-wide value over every record that has it, and its maximum.
+    let across = |field: &str| {
+        let v: Vec<f64> = results
+            .records
+            .iter()
+            .filter_map(|r| r.values.get(field).copied())
+            .collect();
+        let max = v.iter().copied().fold(0.0, f64::max);
+        (v, max)
+    };
+    let (background, max) = across("background");
+    let (steal, max_steal) = across("steal");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     lines.extend([
         String::new(),

@@ -13,7 +13,11 @@ use crate::{
     balance::BalanceParams,
     config::Config,
     core::Direction,
-    discovery::{Discover, NoDiscovery, file::FileDiscovery},
+    discovery::{
+        Discover, NoDiscovery,
+        control::{ControlDiscovery, ControlMetrics},
+        file::FileDiscovery,
+    },
     drain,
     endpoint::ClientParams,
     inbound::Inbound,
@@ -101,7 +105,7 @@ impl Proxy {
             .collect(),
             LocalAddrs::read(),
         );
-        let (outbound, inbound) = routers(&config, &metrics, &own);
+        let (outbound, inbound, discovery) = routers(&config, &metrics, &own);
         let balancers = balancers(&outbound, &inbound);
         registry.register_collector(Box::new(BalancerCollector {
             balancers: balancers.clone(),
@@ -136,6 +140,7 @@ impl Proxy {
                 token: config.admin_token.clone(),
                 ready: ready.clone(),
                 shutdown: shutdown_tx.clone(),
+                details: Arc::new(move || discovery.status().unwrap_or_default()),
             });
             let fut = admin::serve(l, state, async move {
                 let _ = admin_stopped.await;
@@ -218,15 +223,23 @@ impl Stop {
 
 /// The outbound router (over discovery) and the inbound one (always the
 /// local app: discovery plays no part).
-fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Router>, Arc<Router>) {
-    let discovery: Arc<dyn Discover> = match &config.discovery_file {
-        Some(path) => {
+fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Router>, Arc<Router>, Arc<dyn Discover>) {
+    let discovery: Arc<dyn Discover> = match (&config.discovery_file, &config.control_plane) {
+        (Some(path), _) => {
             let m = metrics.clone();
             Arc::new(FileDiscovery::spawn(path.clone(), move |_| {
                 m.discovery_errors.inc();
             }))
         }
-        None => Arc::new(NoDiscovery),
+        (None, Some(addr)) => Arc::new(ControlDiscovery::new(
+            addr.clone(),
+            config.workload.clone().unwrap_or_default(),
+            ControlMetrics {
+                connected: metrics.control_plane_connected.clone(),
+                disconnects: metrics.control_plane_disconnects.clone(),
+            },
+        )),
+        (None, None) => Arc::new(NoDiscovery),
     };
     let balance = BalanceParams {
         algorithm: config.balancer,
@@ -244,9 +257,9 @@ fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Rout
         http1_idle_timeout: config.http1_idle_timeout,
     });
     let idle = config.balancer_idle_timeout;
-    let outbound = Router::new(discovery, own.clone(), balance.clone(), client.clone(), idle);
+    let outbound = Router::new(discovery.clone(), own.clone(), balance.clone(), client.clone(), idle);
     let inbound = Router::new(Arc::new(NoDiscovery), own.clone(), balance, client, idle);
-    (outbound, inbound)
+    (outbound, inbound, discovery)
 }
 
 /// Every balancer's state, read by admin and the metrics collector (which

@@ -46,9 +46,22 @@ pub struct Config {
     pub inbound_forward: Option<SocketAddr>,
 
     /// YAML file mapping each service authority to its endpoints; re-read
-    /// when it changes (checked every 250 ms).
-    #[arg(long, env = "WEFT_DISCOVERY_FILE")]
+    /// when it changes (checked every 250 ms). For a proxy on its own; in a
+    /// mesh, use --control-plane.
+    #[arg(long, env = "WEFT_DISCOVERY_FILE", conflicts_with = "control_plane")]
     pub discovery_file: Option<PathBuf>,
+
+    /// The control plane (weft-control) to ask for services' endpoints,
+    /// `host:port`. Each service is watched from its first request until
+    /// its balancer goes idle; while the control plane is unreachable the
+    /// proxy serves what it last knew and reconnects with backoff.
+    #[arg(long, env = "WEFT_CONTROL_PLANE", value_name = "ADDR")]
+    pub control_plane: Option<String>,
+
+    /// This proxy's workload (e.g. `square-1`), told to the control plane
+    /// for its logs.
+    #[arg(long, env = "WEFT_WORKLOAD")]
+    pub workload: Option<String>,
 
     /// How each request picks an endpoint.
     #[arg(long, env = "WEFT_BALANCER", value_enum, default_value_t = Algorithm::PeakEwma)]
@@ -222,6 +235,16 @@ impl Config {
     /// Checks what no single flag can: the app (`--inbound-forward`) must not
     /// be one of the proxy's own listeners, or inbound requests would loop.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(cp) = &self.control_plane {
+            let port_ok = cp
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                return Err(format!(
+                    "--control-plane {cp}: write it as host:port (e.g. 127.0.0.1:8086)"
+                ));
+            }
+        }
         let Some(app) = self.inbound_forward else {
             return Ok(());
         };
@@ -254,6 +277,8 @@ impl Config {
             "admin_listen": self.admin_listen.to_string(),
             "inbound_forward": self.inbound_forward.map(|a| a.to_string()),
             "discovery_file": self.discovery_file.as_ref().map(|p| p.display().to_string()),
+            "control_plane": self.control_plane,
+            "workload": self.workload,
             "balancer": self.balancer.to_string(),
             "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
             "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,

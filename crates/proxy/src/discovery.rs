@@ -2,9 +2,10 @@
 //!
 //! The proxy asks a [`Discover`] source for a `watch` of each target's
 //! [`Resolution`], and which service (if any) owns a virtual address.
-//! Sources: the mesh file ([`file::FileDiscovery`]) today; the control
-//! plane next, behind the same trait.
+//! Sources: the mesh file ([`file::FileDiscovery`]) on its own, or the
+//! control plane ([`control::ControlDiscovery`]), behind the same trait.
 
+pub(crate) mod control;
 pub(crate) mod file;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -44,6 +45,12 @@ pub trait Discover: Send + Sync + 'static {
     /// Whether discovery lists a service by this name now (an `IP:port`
     /// name then means the service, not the address).
     fn knows(&self, target: &Authority) -> bool;
+
+    /// A line or two on the source's health for `/ready` (e.g. whether the
+    /// control plane is reachable), if it has any.
+    fn status(&self) -> Option<String> {
+        None
+    }
 }
 
 /// No discovery at all: every target is unknown.

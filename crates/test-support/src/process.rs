@@ -160,3 +160,76 @@ pub async fn wait_listening(addr: SocketAddr) {
     )
     .await;
 }
+
+/// The `weft-control` binary serving a mesh file, on ports it keeps across
+/// [`ControlPlane::kill`] and [`ControlPlane::restart`].
+#[derive(Debug)]
+pub struct ControlPlane {
+    proc: Option<Proc>,
+    mesh_file: std::path::PathBuf,
+    /// Where proxies connect (`--control-plane`).
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl ControlPlane {
+    /// Starts weft-control on `mesh_file` and waits until it is ready.
+    pub async fn start(mesh_file: &std::path::Path) -> ControlPlane {
+        let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cp = ControlPlane {
+            proc: None,
+            mesh_file: mesh_file.to_path_buf(),
+            addr: port(()),
+            admin: port(()),
+        };
+        cp.restart().await;
+        cp
+    }
+
+    /// Kills it (SIGKILL: no goodbye to the proxies).
+    pub async fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same ports and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let child = Command::new(crate::bin_path("weft-control"))
+            .arg("--mesh-file")
+            .arg(&self.mesh_file)
+            .args([
+                "--listen",
+                &self.addr.to_string(),
+                "--admin-listen",
+                &self.admin.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("WEFT_TEST_PROXY_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn weft-control");
+        self.proc = Some(Proc {
+            child,
+            name: "weft-control".into(),
+        });
+        let admin = self.admin;
+        crate::eventually("weft-control to be ready", Duration::from_secs(10), || async move {
+            matches!(crate::http_get(admin, "/ready").await, Ok((200, _))).then_some(())
+        })
+        .await;
+    }
+
+    /// Its `/ready` text (source, counts, the last refused change).
+    pub async fn ready(&self) -> String {
+        crate::http_get(self.admin, "/ready")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+}

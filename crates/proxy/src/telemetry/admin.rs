@@ -35,6 +35,8 @@ pub(crate) struct AdminState {
     pub balancers: Balancers,
     pub ready: Arc<AtomicBool>,
     pub shutdown: mpsc::UnboundedSender<()>,
+    /// More to say on `/ready` (the control-plane connection).
+    pub details: Arc<dyn Fn() -> String + Send + Sync>,
     /// What admin actions that change state require (`--admin-token`); `None`: they are off.
     pub token: Option<String>,
 }
@@ -89,9 +91,13 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
         (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n".into()),
         (&Method::GET, "/ready") => {
             if state.ready.load(Ordering::Relaxed) {
-                reply(StatusCode::OK, "text/plain", "ready\n".into())
+                reply(StatusCode::OK, "text/plain", format!("ready\n{}", (state.details)()))
             } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready\n{}", (state.details)()),
+                )
             }
         }
         (&Method::GET, "/config") => reply(StatusCode::OK, "application/json", state.config_json.clone()),

@@ -127,6 +127,10 @@ pub struct Metrics {
     pub responses: Family<ResponseLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
     pub discovery_errors: Counter,
+    /// 1 while connected to the control plane (`--control-plane`), else 0.
+    pub control_plane_connected: Gauge,
+    /// Times the control-plane connection was lost or could not be made.
+    pub control_plane_disconnects: Counter,
     pub endpoint_connects: Family<TcpLabels, Counter>,
     pub endpoint_connect_errors: Family<TcpLabels, Counter>,
     routes: Mutex<HashMap<(&'static str, Arc<str>), RouteTable>>,
@@ -214,6 +218,8 @@ impl Metrics {
             responses: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.iter().copied())),
             discovery_errors: Counter::default(),
+            control_plane_connected: Gauge::default(),
+            control_plane_disconnects: Counter::default(),
             endpoint_connects: Family::default(),
             endpoint_connect_errors: Family::default(),
             routes: Mutex::new(HashMap::new()),
@@ -257,6 +263,16 @@ impl Metrics {
             "discovery_errors",
             "Rejected versions of the discovery file",
             m.discovery_errors.clone(),
+        );
+        r.register(
+            "control_plane_connected",
+            "1 while connected to the control plane, 0 while it is unreachable (the proxy serves what it last knew)",
+            m.control_plane_connected.clone(),
+        );
+        r.register(
+            "control_plane_disconnects",
+            "Times the control-plane connection was lost or could not be made",
+            m.control_plane_disconnects.clone(),
         );
         r.register(
             "endpoint_connects",

@@ -1,0 +1,74 @@
+//! weft-control's metrics (Prometheus text on the admin port).
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open Get streams.
+    pub watches: Gauge,
+    pub watches_opened: Counter,
+    /// Updates sent to watchers (snapshots, adds, removes).
+    pub updates: Counter,
+    pub not_found: Counter,
+    pub services: Gauge,
+    pub endpoints: Gauge,
+    /// Accepted source changes.
+    pub changes: Counter,
+    /// Refused source changes (the last good mesh kept).
+    pub refusals: Counter,
+}
+
+impl Metrics {
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut r = Registry::with_prefix("weft_control");
+        r.register("watches", "Open Destination.Get streams", self.watches.clone());
+        r.register(
+            "watches_opened",
+            "Destination.Get streams opened",
+            self.watches_opened.clone(),
+        );
+        r.register(
+            "updates",
+            "Updates sent to watchers (snapshots, adds, removes)",
+            self.updates.clone(),
+        );
+        r.register(
+            "not_found",
+            "Destination.Get for a service no source knows",
+            self.not_found.clone(),
+        );
+        r.register("services", "Services the source knows", self.services.clone());
+        r.register("endpoints", "Endpoints of all services", self.endpoints.clone());
+        r.register(
+            "source_changes",
+            "Changes accepted from the source",
+            self.changes.clone(),
+        );
+        r.register(
+            "source_refusals",
+            "Changes refused (parse or validation errors); the last good mesh is served",
+            self.refusals.clone(),
+        );
+        r
+    }
+
+    pub fn watch_opened(self: &Arc<Self>) -> WatchGuard {
+        self.watches.inc();
+        self.watches_opened.inc();
+        WatchGuard(self.clone())
+    }
+}
+
+/// Counts one open watch until dropped.
+pub struct WatchGuard(Arc<Metrics>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.watches.dec();
+    }
+}

@@ -2,6 +2,7 @@
 
 mod demo;
 mod procs;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,21 @@ enum Command {
     /// Kubernetes-style connection balancer, (b) through weft, and (c)
     /// through weft with one replica made slow.
     Demo(demo::DemoArgs),
+    /// Run a whole mesh on this machine from a mesh file: weft-control, and
+    /// for each workload its replicas, each beside its own weft-proxy; an
+    /// entry proxy for callers outside the mesh. Shows a live status table;
+    /// Ctrl-C (or `weft down`) stops everything it started. Changing a
+    /// workload's `replicas` in the file scales it live.
+    Up(up::UpArgs),
+    /// Stop the mesh `weft up` runs from this directory (by its PIDs,
+    /// nothing else), draining the proxies first.
+    Down(up::ctl::DirArgs),
+    /// Set a running workload's replicas (until the file's `replicas` for it changes).
+    Scale(up::ctl::ScaleArgs),
+    /// Show the running mesh's status table.
+    Status(up::ctl::DirArgs),
+    /// Print and follow a workload's logs (every replica, prefixed with its name).
+    Logs(up::ctl::LogsArgs),
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -27,6 +43,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Up(args) => up::run(args).await,
+        Command::Down(args) => up::ctl::down(args).await,
+        Command::Scale(args) => up::ctl::scale(args).await,
+        Command::Status(args) => up::ctl::status(args).await,
+        Command::Logs(args) => up::ctl::logs(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

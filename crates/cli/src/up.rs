@@ -242,7 +242,10 @@ impl Up {
         let (file_tx, mut file_rx) = mpsc::unbounded_channel();
         let _watcher = watch_file(&self.file, file_tx)?;
 
+        // Made once, before the loop: a signal that arrives while the loop
+        // is busy is kept for its next turn.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -258,7 +261,7 @@ impl Up {
                     let _ = cmd.reply.send(answer);
                     if stop { return Ok(()) }
                 }
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = int.recv() => return Ok(()),
                 _ = term.recv() => return Ok(()),
             }
             self.supervise().await;
@@ -692,8 +695,25 @@ impl Up {
                 "addr": h.addr.to_string(), "admin": h.admin.to_string(), "restarts": h.restarts,
             })
         };
+        // Every process with its start time, for `weft down` after a
+        // `weft up` that was killed (the ids may have been reused since).
+        let mut processes: Vec<u32> = Vec::new();
+        for w in self.workloads.values() {
+            for r in w.replicas.values() {
+                let (a, p) = r.pids();
+                processes.extend(a);
+                processes.extend(p);
+            }
+        }
+        processes.extend(self.control.child.as_ref().and_then(Child::id));
+        processes.extend(self.entry.as_ref().and_then(|e| e.child.as_ref()).and_then(Child::id));
+        let processes: Vec<serde_json::Value> = processes
+            .into_iter()
+            .filter_map(|pid| Some(serde_json::json!({"pid": pid, "start": ctl::start_time(pid)?})))
+            .collect();
         let state = serde_json::json!({
             "pid": std::process::id(),
+            "processes": processes,
             "file": self.file.display().to_string(),
             "control": helper(&self.control),
             "entry": self.entry.as_ref().map(helper),

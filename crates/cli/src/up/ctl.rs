@@ -95,11 +95,56 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When a process started (clock ticks since boot), to tell it from a
+/// later process that reuses its id.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    // Field 22 of stat; `rest` starts at field 3.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The processes a `weft up` that is gone (killed) left behind, from its
+/// state.json: each pid with the start time it had then.
+fn left_behind(dirs: &RunDir) -> Vec<(u32, u64)> {
+    let Ok(text) = std::fs::read_to_string(dirs.state()) else {
+        return Vec::new();
+    };
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    state["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((u32::try_from(p["pid"].as_u64()?).ok()?, p["start"].as_u64()?)))
+        .filter(|&(pid, start)| alive(pid) && start_time(pid) == Some(start))
+        .collect()
+}
+
 /// Asks `weft up` to stop everything and waits until it has.
 pub async fn down(args: DirArgs) -> anyhow::Result<()> {
     let dirs = RunDir::new(&args.dir);
     let Some(pid) = running_pid(&dirs) else {
-        bail!("no mesh is running from {}", dirs.run.display());
+        let left = left_behind(&dirs);
+        if left.is_empty() {
+            bail!("no mesh is running from {}", dirs.run.display());
+        }
+        println!(
+            "weft up is gone (killed?); stopping the {} processes it left behind",
+            left.len()
+        );
+        for (pid, _) in &left {
+            super::replica::signal(Some(*pid), "TERM");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while left.iter().any(|(p, _)| alive(*p)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (pid, _) in left.iter().filter(|(p, _)| alive(*p)) {
+            super::replica::signal(Some(*pid), "KILL");
+        }
+        return Ok(());
     };
     if ask(&dirs, "down").await.is_err() {
         // The socket is gone but the process is there: ask by signal.

@@ -25,3 +25,47 @@ pub mod square {
 pub mod grpc_testing {
     include!(concat!(env!("OUT_DIR"), "/grpc.testing.rs"));
 }
+
+/// The codec of weft's own APIs.
+#[cfg(feature = "grpc")]
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstDecoder, ProstEncoder};
+
+    /// Protobuf (prost) with small starting buffers. A control-plane watch
+    /// is a stream that lives as long as the proxy, and tonic's default
+    /// 8 KiB per direction per stream made 10,000 watches cost ~100 MiB;
+    /// the buffers still grow to fit any message.
+    #[derive(Debug, Clone)]
+    pub struct SmallCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for SmallCodec<T, U> {
+        fn default() -> Self {
+            SmallCodec(PhantomData)
+        }
+    }
+
+    /// Starting buffer size; what is sent past it at once before yielding.
+    const SETTINGS: (usize, usize) = (256, 32 * 1024);
+
+    impl<T, U> Codec for SmallCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstEncoder::new(BufferSettings::new(SETTINGS.0, SETTINGS.1))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstDecoder::new(BufferSettings::new(SETTINGS.0, SETTINGS.1))
+        }
+    }
+}

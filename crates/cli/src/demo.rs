@@ -1,9 +1,11 @@
 //! `weft demo`: the square scene on one machine.
 //!
-//! Three `square` replicas, each behind its own weft-proxy inbound; a client
-//! sends unary calls over ONE HTTP/2 connection (a) through a connection-level
-//! balancer that behaves like a Kubernetes Service, (b) through a weft-proxy
-//! outbound, and (c) through weft again after one replica turned slow.
+//! `weft up` (this binary) runs the mesh: weft-control and three `square`
+//! replicas, each beside its own weft-proxy, and an entry proxy. A client
+//! sends unary calls over ONE HTTP/2 connection (a) through a
+//! connection-level balancer that behaves like a Kubernetes Service, (b)
+//! through the entry proxy, and (c) through it again after one replica
+//! turned slow.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -13,7 +15,7 @@ use weft_api::square::{Behavior, square_control_client::SquareControlClient};
 
 use crate::procs::{Proc, free_addr, sibling};
 
-const SERVICE: &str = "square.demo:50051";
+const SERVICE: &str = "square:50051";
 
 #[derive(Args, Debug, Clone, Copy)]
 pub struct DemoArgs {
@@ -44,19 +46,21 @@ struct Replica {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let square = sibling("square")?;
-    let proxy = sibling("weft-proxy")?;
+    // weft up needs these beside weft; say so before starting anything.
+    for bin in ["square", "weft-proxy", "weft-control"] {
+        sibling(bin)?;
+    }
     let client = sibling("square-client")?;
     let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut procs: Vec<Proc> = Vec::new();
-    let result = scene(&args, &square, &proxy, &client, &dir, &mut procs).await;
+    let result = scene(&args, &client, &dir, &mut procs).await;
     if result.is_ok() && args.keep_running {
         eprintln!("\nthe mesh keeps running; logs in {}; Ctrl-C to stop", dir.display());
         let _ = tokio::signal::ctrl_c().await;
     }
     for p in procs {
-        p.stop(Duration::from_secs(5)).await;
+        p.stop(Duration::from_secs(15)).await;
     }
     if result.is_ok() && !args.keep_running {
         let _ = std::fs::remove_dir_all(&dir);
@@ -66,24 +70,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn scene(
     args: &DemoArgs,
-    square: &std::path::Path,
-    proxy: &std::path::Path,
     client: &std::path::Path,
     dir: &std::path::Path,
     procs: &mut Vec<Proc>,
 ) -> anyhow::Result<()> {
-    let replicas = start_replicas(square, proxy, dir, procs).await?;
-    let (outbound, out_admin) = start_client_proxy(proxy, dir, &replicas, procs).await?;
+    let (replicas, outbound) = start_mesh(dir, procs).await?;
     let (l4, _l4_task) = weft_demo::l4::spawn(replicas.iter().map(|r| r.inbound).collect()).await?;
 
-    eprintln!("weft demo: 3 square replicas, each behind its own weft-proxy inbound");
+    eprintln!("weft demo: `weft up` runs 3 square replicas, each beside its own weft-proxy, served by weft-control");
     for r in &replicas {
         eprintln!(
             "  {}  app {}  inbound {}  admin http://{}",
             r.name, r.app, r.inbound, r.admin
         );
     }
-    eprintln!("  client's weft-proxy: outbound {outbound}  admin http://{out_admin}/balancers");
+    eprintln!(
+        "  the entry proxy: {outbound} (service {SERVICE}); mesh state {}",
+        dir.join(".weft/run/state.json").display()
+    );
     eprintln!(
         "every phase: {} calls over ONE HTTP/2 connection, {} in flight\n",
         args.calls, args.concurrency
@@ -122,86 +126,63 @@ async fn scene(
     Ok(())
 }
 
-/// Three square replicas, each behind its own weft-proxy inbound.
-async fn start_replicas(
-    square: &std::path::Path,
-    proxy: &std::path::Path,
-    dir: &std::path::Path,
-    procs: &mut Vec<Proc>,
-) -> anyhow::Result<Vec<Replica>> {
-    let mut replicas = Vec::new();
-    for i in 0..3 {
-        let name = format!("square-{i}");
-        let (app, inbound, admin) = (free_addr()?, free_addr()?, free_addr()?);
-        let mut p = Proc::spawn(
-            &name,
-            square,
-            &strings(&["--listen", &app.to_string(), "--name", &name]),
-            None,
-        )?;
-        p.wait_listening(app).await?;
-        procs.push(p);
-        let log = dir.join(format!("{name}-proxy.log"));
-        let mut p = Proc::spawn(
-            &format!("{name}'s weft-proxy"),
-            proxy,
-            &strings(&[
-                "--outbound-listen",
-                "off",
-                "--inbound-listen",
-                &inbound.to_string(),
-                "--inbound-forward",
-                &app.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ]),
-            Some(&log),
-        )?;
-        p.wait_listening(inbound).await?;
-        procs.push(p);
-        replicas.push(Replica {
-            name,
-            app,
-            inbound,
-            admin,
-        });
-    }
-    Ok(replicas)
-}
-
-/// The client's weft-proxy, balancing over the replicas' inbound proxies
-/// (a discovery file lists them). Returns its outbound and admin addresses.
-async fn start_client_proxy(
-    proxy: &std::path::Path,
-    dir: &std::path::Path,
-    replicas: &[Replica],
-    procs: &mut Vec<Proc>,
-) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+/// The square mesh, run by `weft up` (this binary) from a mesh file in
+/// `dir`: three replicas, each beside its own weft-proxy, and an entry
+/// proxy. Returns the replicas (from `weft up`'s state.json) and the entry.
+async fn start_mesh(dir: &std::path::Path, procs: &mut Vec<Proc>) -> anyhow::Result<(Vec<Replica>, SocketAddr)> {
     let mesh = dir.join("mesh.yaml");
-    let mut yaml = format!("services:\n  {SERVICE}:\n    endpoints:\n");
-    for r in replicas {
-        yaml.push_str(&format!("      - address: {}\n        name: {}\n", r.inbound, r.name));
-    }
-    std::fs::write(&mesh, yaml)?;
-    let (outbound, admin) = (free_addr()?, free_addr()?);
-    let mut p = Proc::spawn(
-        "client's weft-proxy",
-        proxy,
-        &strings(&[
-            "--outbound-listen",
-            &outbound.to_string(),
-            "--inbound-listen",
-            "off",
-            "--admin-listen",
-            &admin.to_string(),
-            "--discovery-file",
-            mesh.to_str().context("temp dir path is not UTF-8")?,
-        ]),
-        Some(&dir.join("client-proxy.log")),
+    std::fs::write(
+        &mesh,
+        "workloads:\n  square:\n    command: square\n    args: [--listen, \"127.0.0.1:${WEFT_PORT}\", --name, \"${WEFT_REPLICA}\"]\n    replicas: 3\n    ports: [{port: 50051, protocol: grpc}]\n",
     )?;
-    p.wait_listening(outbound).await?;
-    procs.push(p);
-    Ok((outbound, admin))
+    let entry = free_addr()?;
+    let weft_dir = dir.join(".weft");
+    let exe = std::env::current_exe().context("locating the weft binary")?;
+    let up = Proc::spawn(
+        "weft up",
+        &exe,
+        &strings(&[
+            "up",
+            mesh.to_str().context("temp dir path is not UTF-8")?,
+            "--dir",
+            weft_dir.to_str().context("temp dir path is not UTF-8")?,
+            "--entry",
+            &entry.to_string(),
+            "--plain",
+        ]),
+        Some(&dir.join("weft-up.log")),
+    )?;
+    procs.push(up);
+    let state_path = weft_dir.join("run/state.json");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state: serde_json::Value = std::fs::read_to_string(&state_path)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let replicas: Vec<Replica> = state["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["phase"] == "ready")
+            .filter_map(|r| {
+                Some(Replica {
+                    name: r["name"].as_str()?.to_string(),
+                    app: r["app"].as_str()?.parse().ok()?,
+                    inbound: r["inbound"].as_str()?.parse().ok()?,
+                    admin: r["admin"].as_str()?.parse().ok()?,
+                })
+            })
+            .collect();
+        if replicas.len() == 3 && state["entry"]["pid"].is_u64() {
+            return Ok((replicas, entry));
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("weft-up.log")).unwrap_or_default();
+            anyhow::bail!("weft up did not have 3 ready replicas within 30 s:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Makes the replica at `app` answer `ms` milliseconds later.

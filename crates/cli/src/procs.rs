@@ -34,7 +34,6 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// A running child process; terminated when dropped.
 pub struct Proc {
-    pub name: String,
     child: Child,
 }
 
@@ -56,27 +55,7 @@ impl Proc {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {name} ({})", program.display()))?;
-        Ok(Proc {
-            name: name.into(),
-            child,
-        })
-    }
-
-    /// Waits until `addr` accepts connections, failing if the process exits.
-    pub async fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited ({status}) before listening on {addr}", self.name);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("{} did not listen on {addr} within 10 s", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Ok(Proc { child })
     }
 
     /// Asks the process to stop (SIGTERM) and waits up to `grace`.

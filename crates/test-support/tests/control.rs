@@ -256,7 +256,13 @@ async fn an_unknown_service_is_answered_at_once() {
     );
 
     // Through a proxy: the call fails fast, naming the service.
-    let proxy = TestProxy::start(&["--control-plane", &cp.addr.to_string()]).await;
+    let proxy = TestProxy::start(&[
+        "--control-plane",
+        &cp.addr.to_string(),
+        "--balancer-idle-timeout",
+        "1s",
+    ])
+    .await;
     let mut sq = weft_api::square::square_client::SquareClient::new(proxy.channel("nope.test:80").await);
     let mut call = tonic::Request::new(weft_api::square::Input { value: 2 });
     call.set_timeout(Duration::from_secs(2));
@@ -265,4 +271,34 @@ async fn an_unknown_service_is_answered_at_once() {
     };
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(err.message().contains("nope.test:80"), "{err:?}");
+
+    // A service whose every endpoint is gone is empty (not pending, not
+    // the last endpoints): its calls fail (after the fail-fast timeout, in
+    // case endpoints come), saying so.
+    let mut sq = weft_api::square::square_client::SquareClient::new(proxy.channel(SVC).await);
+    let mut call = tonic::Request::new(weft_api::square::Input { value: 2 });
+    call.set_timeout(Duration::from_secs(10));
+    let asked = Instant::now();
+    let Err(err) = sq.square(call).await else {
+        panic!("a call to a service with no endpoints succeeded")
+    };
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("no endpoints") || err.message().contains("no ready"), "{err:?}");
+    eprintln!("a call to an empty service failed in {:?}: {}", asked.elapsed(), err.message());
+
+    // Watches are opened on first use and closed when their balancer goes idle.
+    let watches = || async {
+        metric(
+            &weft_test_support::http_get(cp.admin, "/metrics").await.unwrap().1,
+            "weft_control_watches",
+            &[],
+        )
+    };
+    assert_eq!(watches().await, 2.0, "the stream above and the proxy's watch of {SVC}");
+    drop(stream);
+    drop(sq); // the client's connection (its route memo holds the balancer)
+    eventually("the idle watch to close", Duration::from_secs(10), || async {
+        (watches().await == 0.0).then_some(())
+    })
+    .await;
 }

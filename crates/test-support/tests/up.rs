@@ -160,6 +160,13 @@ async fn weft_up_spreads_calls_scales_live_refuses_a_typo_and_leaves_nothing_on_
     }
     eprintln!("both new replicas answered {:?} after `weft scale`", scaled.elapsed());
 
+    // Every replica's log in one place; `weft logs` shows them by name.
+    let out = weft(&["logs", "square", "--no-follow", "--dir", weft_dir.to_str().unwrap()]);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    for r in ["square-0", "square-4"] {
+        assert!(logs.contains(&format!("[{r}] square {r} listening on")), "{logs}");
+    }
+
     // A typo while running: refused, logged with its line; the mesh runs on.
     std::fs::write(&file, example.replace("replicas: 3", "replicsa: 3")).unwrap();
     let err = eventually("the typo to be refused", Duration::from_secs(5), || {

@@ -256,13 +256,7 @@ async fn an_unknown_service_is_answered_at_once() {
     );
 
     // Through a proxy: the call fails fast, naming the service.
-    let proxy = TestProxy::start(&[
-        "--control-plane",
-        &cp.addr.to_string(),
-        "--balancer-idle-timeout",
-        "1s",
-    ])
-    .await;
+    let proxy = TestProxy::start(&["--control-plane", &cp.addr.to_string(), "--balancer-idle-timeout", "1s"]).await;
     let mut sq = weft_api::square::square_client::SquareClient::new(proxy.channel("nope.test:80").await);
     let mut call = tonic::Request::new(weft_api::square::Input { value: 2 });
     call.set_timeout(Duration::from_secs(2));
@@ -283,8 +277,15 @@ async fn an_unknown_service_is_answered_at_once() {
         panic!("a call to a service with no endpoints succeeded")
     };
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert!(err.message().contains("no endpoints") || err.message().contains("no ready"), "{err:?}");
-    eprintln!("a call to an empty service failed in {:?}: {}", asked.elapsed(), err.message());
+    assert!(
+        err.message().contains("no endpoints") || err.message().contains("no ready"),
+        "{err:?}"
+    );
+    eprintln!(
+        "a call to an empty service failed in {:?}: {}",
+        asked.elapsed(),
+        err.message()
+    );
 
     // Watches are opened on first use and closed when their balancer goes idle.
     let watches = || async {

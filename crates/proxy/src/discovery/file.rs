@@ -1,7 +1,8 @@
 //! The mesh file: services, their endpoints and virtual addresses in one
-//! YAML file, re-read when its content changes (checked every 250 ms). A
-//! version with an error is rejected as a whole and the last good one keeps
-//! serving.
+//! YAML file (the `services` of the format `weft-mesh` defines, which
+//! weft-control serves too), re-read when its content changes (checked
+//! every 250 ms). A version with an error is rejected as a whole, with its
+//! line and field, and the last good one keeps serving.
 //!
 //! ```yaml
 //! services:
@@ -15,42 +16,11 @@
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use serde::Deserialize;
 use tokio::sync::watch;
+use weft_mesh::{MeshError, MeshFile};
 
 use super::{Discover, EndpointMeta, Resolution};
 use crate::core::{Authority, InvalidAuthority};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDoc {
-    #[serde(default)]
-    services: HashMap<String, FileService>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileService {
-    #[serde(default)]
-    addresses: Vec<SocketAddr>,
-    #[serde(default)]
-    endpoints: Vec<FileEndpoint>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum FileEndpoint {
-    Addr(SocketAddr),
-    Full(FullEndpoint),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FullEndpoint {
-    address: SocketAddr,
-    #[serde(default)]
-    name: Option<String>,
-}
 
 /// A parsed, validated discovery snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,66 +33,39 @@ pub struct Snapshot {
 pub enum FileError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Yaml { path: PathBuf, source: serde_yaml::Error },
+    #[error("{0}")]
+    Mesh(#[from] MeshError),
     #[error("{path}: service `{name}`: {source}")]
     Authority {
         path: PathBuf,
         name: String,
         source: InvalidAuthority,
     },
-    #[error("{path}: address {addr} is claimed by both `{first}` and `{second}`")]
-    DuplicateVip {
-        path: PathBuf,
-        addr: SocketAddr,
-        first: Authority,
-        second: Authority,
-    },
 }
 
 impl Snapshot {
-    /// Parses the YAML text of a mesh discovery file.
+    /// Parses the YAML text of a mesh discovery file (its `services`; the
+    /// `workloads` are for `weft up`).
     pub fn parse(path: &std::path::Path, text: &str) -> Result<Self, FileError> {
-        let doc: FileDoc = if text.trim().is_empty() {
-            FileDoc {
-                services: HashMap::new(),
-            }
-        } else {
-            serde_yaml::from_str(text).map_err(|source| FileError::Yaml {
-                path: path.into(),
-                source,
-            })?
-        };
+        let file = MeshFile::parse(path, text)?;
         let mut snap = Snapshot::default();
-        for (name, svc) in doc.services {
-            let authority = Authority::parse(&name, None).map_err(|source| FileError::Authority {
+        for (name, svc) in file.services {
+            let authority = Authority::parse(name.as_str(), None).map_err(|source| FileError::Authority {
                 path: path.into(),
-                name: name.clone(),
+                name: name.to_string(),
                 source,
             })?;
             let endpoints: Arc<[EndpointMeta]> = svc
                 .endpoints
-                .into_iter()
-                .map(|e| match e {
-                    FileEndpoint::Addr(addr) => EndpointMeta {
-                        addr,
-                        name: addr.to_string().into(),
-                    },
-                    FileEndpoint::Full(f) => EndpointMeta {
-                        addr: f.address,
-                        name: f.name.unwrap_or_else(|| f.address.to_string()).into(),
-                    },
+                .iter()
+                .map(|e| EndpointMeta {
+                    addr: e.address,
+                    name: e.display_name().into(),
                 })
                 .collect();
+            // weft-mesh refused any address claimed twice.
             for addr in svc.addresses {
-                if let Some(first) = snap.vips.insert(addr, authority.clone()) {
-                    return Err(FileError::DuplicateVip {
-                        path: path.into(),
-                        addr,
-                        first,
-                        second: authority,
-                    });
-                }
+                snap.vips.insert(addr, authority.clone());
             }
             snap.services.insert(authority, endpoints);
         }

@@ -8,6 +8,8 @@
 //!   peak-sensitive moving average, and its consecutive failures;
 //! - [`load`]: what the picker weighs per endpoint (score, requests awaiting
 //!   a response, probes), behind one small lock;
+//! - [`accrual`]: failure accrual: an endpoint that keeps failing is
+//!   ejected, probed after a growing backoff, never too many at once;
 //! - [`pick`]: power of two choices, soft: the cheaper of two draws wins
 //!   with a probability that grows with how much cheaper it is;
 //! - [`sim`]: a discrete-event simulator of a client, its balancer and N
@@ -17,6 +19,7 @@
 //! The formula and the reason for each constant are in ARCHITECTURE.md
 //! ("How a request is balanced").
 
+pub mod accrual;
 pub mod baseline;
 pub mod load;
 pub mod pick;
@@ -26,6 +29,7 @@ pub mod sim;
 /// A point in time, in nanoseconds since an origin the caller chose.
 pub type Nanos = u64;
 
+pub use accrual::{Accrual, Gate};
 pub use baseline::Baseline;
 pub use load::Load;
 pub use pick::{Algorithm, Peer, Picker};

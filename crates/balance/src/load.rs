@@ -13,7 +13,7 @@ use std::sync::{
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-use crate::{Baseline, Nanos, Score};
+use crate::{Baseline, Nanos, Score, accrual::Ejection, accrual::Gate};
 
 /// An avoided endpoint gets one probe request after this long, then after
 /// twice as long each time it is still avoided (up to the cap the picker
@@ -26,6 +26,9 @@ pub struct Load {
     state: Mutex<State>,
     pending: AtomicUsize,
     picked: AtomicU64,
+    /// While ejected, when its probe is due (0: in service); a copy of the
+    /// state's, read without the lock by every draw.
+    out_until: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -34,6 +37,7 @@ struct State {
     /// When the endpoint was last chosen (on its merits or as a probe).
     last_pick: Nanos,
     probe_every: Nanos,
+    ejection: Ejection,
 }
 
 impl Load {
@@ -43,9 +47,11 @@ impl Load {
                 score: Score::new(now),
                 last_pick: now,
                 probe_every: PROBE_BASE,
+                ejection: Ejection::default(),
             }),
             pending: AtomicUsize::new(0),
             picked: AtomicU64::new(0),
+            out_until: AtomicU64::new(0),
         }
     }
 
@@ -95,10 +101,15 @@ impl Load {
     /// A successful answer to a request sent at `sent` arrived at `now`
     /// (`latency_ns` apart; the caller's clock may be finer than `Nanos`
     /// differences); its route's baseline takes it in too.
-    pub fn answered(&self, baseline: &Baseline, latency_ns: f64, sent: Nanos, now: Nanos, tau_ns: f64) {
+    pub fn answered(&self, baseline: &Baseline, latency_ns: f64, sent: Nanos, now: Nanos, tau_ns: f64, gate: &Gate) {
         let (relative, base) = baseline.relative(latency_ns);
         let route_samples = baseline.samples();
         let mut st = self.lock();
+        if st.ejection.succeeded(now, &gate.policy) {
+            // Back in service: its place goes back.
+            gate.give_back();
+            self.out_until.store(0, Ordering::Relaxed);
+        }
         // A response much faster than the score is a sign of recovery: the
         // next probe comes soon, to confirm it.
         if relative * crate::score::JUMP < st.score.factor() || st.score.failures() > 0 {
@@ -108,9 +119,44 @@ impl Load {
     }
 
     /// The request failed (an error answer, a reset, a refused connection,
-    /// a deadline).
-    pub fn failed(&self) {
-        self.lock().score.fail();
+    /// a deadline) at `now`. Returns whether the endpoint was ejected
+    /// ([`crate::accrual`]).
+    pub fn failed(&self, now: Nanos, gate: &Gate) -> bool {
+        let mut st = self.lock();
+        st.score.fail();
+        let in_a_row = st.score.failures();
+        let ejected = st.ejection.failed(now, in_a_row, gate);
+        self.out_until.store(st.ejection.until, Ordering::Relaxed);
+        ejected
+    }
+
+    /// Whether it may be sent a request now: in service, or ejected with
+    /// its probe due.
+    pub fn available(&self, now: Nanos) -> bool {
+        let u = self.out_until.load(Ordering::Relaxed);
+        u == 0 || now >= u
+    }
+
+    /// Whether it is out of service (ejected, or on probation).
+    pub fn ejected(&self) -> bool {
+        self.out_until.load(Ordering::Relaxed) != 0
+    }
+
+    /// The picker chose it while out of service: this request is its probe.
+    pub(crate) fn probe_sent(&self, now: Nanos) {
+        let mut st = self.lock();
+        st.ejection.sent(now);
+        self.out_until.store(st.ejection.until, Ordering::Relaxed);
+    }
+
+    /// The endpoint leaves the service: if it was out, its place goes back.
+    pub fn retire(&self, gate: &Gate) {
+        let mut st = self.lock();
+        if st.ejection.out() {
+            st.ejection = Ejection::default();
+            self.out_until.store(0, Ordering::Relaxed);
+            gate.give_back();
+        }
     }
 
     /// Notes that the picker chose this endpoint on its merits.

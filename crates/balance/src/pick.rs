@@ -60,6 +60,11 @@ pub trait Peer {
     fn ready(&self) -> bool;
 }
 
+/// Ready, and not ejected (or its probe is due).
+fn usable<P: Peer>(p: &P, now: Nanos) -> bool {
+    p.ready() && p.load().available(now)
+}
+
 impl<T: Peer + ?Sized> Peer for std::sync::Arc<T> {
     fn load(&self) -> &Load {
         (**self).load()
@@ -109,10 +114,19 @@ impl Picker {
     /// Chooses an endpoint among `peers`; `None` if none is ready. The
     /// caller then calls [`Load::start`] on it.
     pub fn pick<P: Peer>(&mut self, algorithm: Algorithm, peers: &[P], now: Nanos) -> Option<usize> {
+        let chosen = self.pick_any(algorithm, peers, now)?;
+        let load = peers[chosen].load();
+        if load.ejected() {
+            load.probe_sent(now);
+        }
+        Some(chosen)
+    }
+
+    fn pick_any<P: Peer>(&mut self, algorithm: Algorithm, peers: &[P], now: Nanos) -> Option<usize> {
         let n = peers.len();
         match n {
             0 => return None,
-            1 => return peers[0].ready().then_some(0),
+            1 => return usable(&peers[0], now).then_some(0),
             _ => {}
         }
         match algorithm {
@@ -124,7 +138,7 @@ impl Picker {
                     }
                 }
                 let mut drawn = [0usize; MAX_CHOICES];
-                let d = self.draw_ready(peers, &mut drawn);
+                let d = self.draw_ready(peers, &mut drawn, now);
                 let chosen = match d {
                     0 => return None,
                     1 => drawn[0],
@@ -139,7 +153,7 @@ impl Picker {
                 let offset = self.rng.usize(..n);
                 let mut best: Option<(usize, usize)> = None;
                 for i in (offset..n).chain(0..offset) {
-                    if !peers[i].ready() {
+                    if !usable(&peers[i], now) {
                         continue;
                     }
                     let p = peers[i].load().pending();
@@ -153,7 +167,7 @@ impl Picker {
                 for _ in 0..n {
                     let i = self.next_rr % n;
                     self.next_rr = self.next_rr.wrapping_add(1);
-                    if peers[i].ready() {
+                    if usable(&peers[i], now) {
                         return Some(i);
                     }
                 }
@@ -164,21 +178,21 @@ impl Picker {
 
     /// Draws up to `choices` distinct ready endpoints at random into
     /// `out`; returns how many.
-    fn draw_ready<P: Peer>(&mut self, peers: &[P], out: &mut [usize; MAX_CHOICES]) -> usize {
+    fn draw_ready<P: Peer>(&mut self, peers: &[P], out: &mut [usize; MAX_CHOICES], now: Nanos) -> usize {
         let d = self.choices.clamp(1, MAX_CHOICES).min(peers.len());
         distinct(&mut self.rng, peers.len(), &mut out[..d]);
-        if out[..d].iter().all(|&i| peers[i].ready()) {
+        if out[..d].iter().all(|&i| usable(&peers[i], now)) {
             return d;
         }
-        // Some endpoint is not ready: draw among those that are (a scan).
-        let ready = peers.iter().filter(|p| p.ready()).count();
+        // Some endpoint is not usable: draw among those that are (a scan).
+        let ready = peers.iter().filter(|p| usable(*p, now)).count();
         let d = d.min(ready);
         distinct(&mut self.rng, ready, &mut out[..d]);
         for slot in out[..d].iter_mut() {
             *slot = peers
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| p.ready())
+                .filter(|(_, p)| usable(*p, now))
                 .nth(*slot)
                 .map_or(0, |(i, _)| i);
         }
@@ -226,7 +240,7 @@ impl Picker {
         for _ in 0..PROBE_CHECKS.min(peers.len()) {
             let i = self.probe_cursor % peers.len();
             self.probe_cursor = self.probe_cursor.wrapping_add(1);
-            if peers[i].ready() && peers[i].load().take_probe(threshold, now, self.probe_cap) {
+            if usable(&peers[i], now) && peers[i].load().take_probe(threshold, now, self.probe_cap) {
                 return Some(i);
             }
         }

@@ -31,6 +31,8 @@ pub struct EndpointSpec {
     pub slowdown: f64,
     /// Fraction of calls answered with a failure after `fail_ms`.
     pub fail_rate: f64,
+    /// It fails (at `fail_rate`) only until then, s; then it is healthy.
+    pub fail_until_s: f64,
     pub fail_ms: f64,
     /// Every `period` ms, nothing completes for `length` ms.
     pub stall: Option<(f64, f64)>,
@@ -49,6 +51,7 @@ impl Default for EndpointSpec {
             jitter_ms: 0.0,
             slowdown: 1.0,
             fail_rate: 0.0,
+            fail_until_s: f64::INFINITY,
             fail_ms: 0.1,
             stall: None,
             changes: Vec::new(),
@@ -118,6 +121,9 @@ pub struct Scenario {
     /// The picker's exponents (latency, pending), to explore others.
     pub exponents: (i32, i32),
     pub choices: usize,
+    /// Failure accrual (ejection); off by default, so that the scenarios
+    /// show the balancer alone.
+    pub accrual: crate::Accrual,
 }
 
 impl Scenario {
@@ -141,6 +147,7 @@ impl Scenario {
             probe_cap_s: 10.0,
             exponents: (crate::pick::K, crate::pick::K_PENDING),
             choices: crate::pick::CHOICES,
+            accrual: crate::Accrual::off(),
         }
     }
 }
@@ -157,6 +164,8 @@ pub struct Report {
     pub longest_gap_s: Vec<f64>,
     /// Each endpoint's relative latency score at the end.
     pub factors: Vec<f64>,
+    /// Ejections (failure accrual) during the run.
+    pub ejections: u64,
     /// Client latencies, ns, sorted.
     latencies: Vec<u64>,
 }
@@ -245,7 +254,9 @@ pub fn run(s: &Scenario) -> Report {
     let mut pending: BinaryHeap<Reverse<Done>> = BinaryHeap::new();
     let mut seq = 0u64;
     let n = s.endpoints.len();
+    let gate = crate::Gate::new(s.accrual);
     let mut report = Report {
+        ejections: 0,
         calls: vec![0; n],
         failures: 0,
         unpicked: 0,
@@ -270,15 +281,16 @@ pub fn run(s: &Scenario) -> Report {
             let load = &peers[d.endpoint].load;
             load.settle();
             if d.failed {
-                load.failed();
+                report.ejections += u64::from(load.failed(d.at, &gate));
             } else {
-                load.answered(&baselines[d.route], (d.at - d.sent) as f64, d.sent, d.at, tau);
+                load.answered(&baselines[d.route], (d.at - d.sent) as f64, d.sent, d.at, tau, &gate);
             }
         }
         // Endpoints that joined by now.
         while peers.len() < n && s.endpoints[order[peers.len()]].join_s * 1e9 <= t {
             let id = order[peers.len()];
             peers.push(SimPeer { load: Load::new(now) });
+            gate.set_endpoints(peers.len());
             ids.push(id);
             workers.push(vec![0.0; s.endpoints[id].workers.max(1)]);
             last_call[id] = last_call[id].max(now);
@@ -293,7 +305,7 @@ pub fn run(s: &Scenario) -> Report {
         let id = ids[i];
         let spec = &s.endpoints[id];
         let route = pick_route(&mut rng, &s.routes, route_total);
-        let failed = rng.f64() < spec.fail_rate;
+        let failed = t / 1e9 < spec.fail_until_s && rng.f64() < spec.fail_rate;
         let mut done = if failed {
             t + spec.fail_ms * MS
         } else {

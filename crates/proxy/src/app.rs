@@ -244,6 +244,12 @@ fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Rout
     let balance = BalanceParams {
         algorithm: config.balancer,
         decay: config.ewma_decay,
+        accrual: weft_balance::Accrual {
+            consecutive: config.accrual_failures,
+            backoff_max: config.accrual_backoff_max.as_nanos() as u64,
+            max_ejected: f64::from(config.max_ejected_percent) / 100.0,
+            ..weft_balance::Accrual::default()
+        },
     };
     let client = Arc::new(ClientParams {
         connect_timeout: config.connect_timeout,

@@ -30,7 +30,7 @@ use tokio::{
 
 pub(crate) use load::InFlight;
 use load::{Candidate, nanos};
-use weft_balance::Picker;
+use weft_balance::{Gate, Picker};
 
 use crate::{
     config::Algorithm,
@@ -48,6 +48,8 @@ pub(crate) struct BalanceParams {
     /// The time constant of sparse latency samples, and the longest
     /// interval between probes of an avoided endpoint.
     pub decay: Duration,
+    /// Failure accrual: when an endpoint that keeps failing is ejected.
+    pub accrual: weft_balance::Accrual,
 }
 
 impl BalanceParams {
@@ -89,6 +91,8 @@ pub(crate) struct Balancer {
     /// Set when the router evicted the balancer: cached references to it
     /// must be refreshed.
     closed: AtomicBool,
+    /// Failure accrual's policy and how many endpoints are out.
+    gate: Arc<Gate>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -102,6 +106,7 @@ impl std::fmt::Debug for Balancer {
 
 impl Balancer {
     fn new(target: Authority, proto: Proto, params: BalanceParams, client: Arc<ClientParams>) -> Arc<Self> {
+        let gate = Arc::new(Gate::new(params.accrual));
         let epoch = Instant::now();
         let picker = Picker::new(params.decay.as_nanos() as u64);
         Arc::new(Balancer {
@@ -120,6 +125,7 @@ impl Balancer {
             last_used_ms: AtomicU64::new(0),
             alive: watch::channel(()).0,
             closed: AtomicBool::new(false),
+            gate,
         })
     }
 
@@ -165,7 +171,7 @@ impl Balancer {
             }
             Resolution::Unknown => {
                 for c in st.candidates.drain(..) {
-                    c.endpoint.retire();
+                    self.retire(&c);
                 }
                 st.known = Known::Unknown;
             }
@@ -188,7 +194,7 @@ impl Balancer {
                         Some(c) if c.endpoint.meta == *meta => next.push(c),
                         kept => {
                             if let Some(c) = kept {
-                                c.endpoint.retire(); // same address, new name
+                                self.retire(&c); // same address, new name
                             }
                             next.push(Arc::new(Candidate::new(
                                 Endpoint::new(
@@ -200,13 +206,15 @@ impl Balancer {
                                 ),
                                 self.epoch,
                                 tau_ns,
+                                self.gate.clone(),
                             )))
                         }
                     }
                 }
                 for c in old.into_values() {
-                    c.endpoint.retire();
+                    self.retire(&c);
                 }
+                self.gate.set_endpoints(next.len());
                 st.candidates = next;
                 st.known = Known::Endpoints;
             }
@@ -224,8 +232,15 @@ impl Balancer {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         for c in lock(&self.state).candidates.drain(..) {
-            c.endpoint.retire();
+            self.retire(&c);
         }
+    }
+
+    /// An endpoint leaves the set: its connections close once idle, and if
+    /// it was ejected its place goes back.
+    fn retire(&self, c: &Candidate) {
+        c.endpoint.retire();
+        c.load.retire(&self.gate);
     }
 
     /// Notes a use, for idle eviction.
@@ -344,6 +359,7 @@ fn view(c: &Candidate, now: Instant) -> EndpointView {
         latency_score: score.factor(),
         samples: score.samples(),
         failures: score.failures(),
+        ejected: c.load.ejected(),
         pending: c.load.pending(),
         served: c.load.picked(),
         connects: conn.connects,

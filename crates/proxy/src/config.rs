@@ -74,6 +74,26 @@ pub struct Config {
     #[arg(long, env = "WEFT_EWMA_DECAY", default_value = "10s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
 
+    /// Failure accrual: failures in a row that take an endpoint out of
+    /// service (it is then probed with single requests after 1 s, 2 s, 4 s
+    /// ... until one succeeds); a success rate under 50 % over 10 s (20
+    /// requests or more) does the same. Failures: UNAVAILABLE, INTERNAL,
+    /// UNKNOWN, DATA_LOSS, HTTP 5xx, resets, refused connections, expired
+    /// deadlines. 0 turns it off.
+    #[arg(long, env = "WEFT_ACCRUAL_FAILURES", default_value_t = 5)]
+    pub accrual_failures: u32,
+
+    /// Failure accrual: the longest an endpoint stays out between probes.
+    #[arg(long, env = "WEFT_ACCRUAL_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub accrual_backoff_max: Duration,
+
+    /// Failure accrual's panic threshold: the largest share of a service's
+    /// endpoints out at once, in percent (one of two or more may always
+    /// go). Beyond it failing endpoints stay in: when most fail, balancing
+    /// over all beats sending everything to the last one.
+    #[arg(long, env = "WEFT_MAX_EJECTED_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_ejected_percent: u8,
+
     /// How long to wait for a client's first bytes before treating the
     /// connection as opaque TCP (server-speaks-first protocols).
     #[arg(long, env = "WEFT_DETECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
@@ -281,6 +301,9 @@ impl Config {
             "workload": self.workload,
             "balancer": self.balancer.to_string(),
             "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
+            "accrual_failures": self.accrual_failures,
+            "accrual_backoff_max_ms": self.accrual_backoff_max.as_secs_f64() * 1e3,
+            "max_ejected_percent": self.max_ejected_percent,
             "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,
             "opaque_ports": self.opaque_ports.0.iter().collect::<Vec<_>>(),
             "fail_fast_timeout_ms": self.fail_fast_timeout.as_secs_f64() * 1e3,

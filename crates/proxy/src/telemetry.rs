@@ -37,6 +37,8 @@ pub(crate) struct EndpointView {
     pub samples: u64,
     /// Failures in a row.
     pub failures: u32,
+    /// Ejected by failure accrual (probed with single requests).
+    pub ejected: bool,
     /// Requests awaiting a response head.
     pub pending: usize,
     pub served: u64,

@@ -221,7 +221,8 @@ async fn a_replica_failing_fast_gets_almost_nothing() {
     });
     let disc = DiscoveryFile::new();
     set(&disc, &endpoints(&reps));
-    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    // The balancer alone: failure accrual (ejection) off (resilience.rs has it on).
+    let proxy = TestProxy::with_discovery(&disc, &["--accrual-failures", "0"]).await;
     let hosts = square_calls(proxy.channel(SVC).await, 3000, 8).await;
     let failed = hosts.iter().filter(|h| h.starts_with("error:Unavailable")).count();
     assert_eq!(

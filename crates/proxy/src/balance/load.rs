@@ -8,7 +8,7 @@ use std::sync::{
 };
 
 use tokio::time::Instant;
-use weft_balance::{Baseline, Load, Nanos, Peer};
+use weft_balance::{Baseline, Gate, Load, Nanos, Peer};
 
 use crate::endpoint::Endpoint;
 
@@ -21,15 +21,29 @@ pub(crate) struct Candidate {
     epoch: Instant,
     /// The time constant of sparse samples, ns.
     tau_ns: f64,
+    /// Failure accrual, shared with the service's other endpoints.
+    gate: Arc<Gate>,
 }
 
 impl Candidate {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, epoch: Instant, tau_ns: f64) -> Self {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, epoch: Instant, tau_ns: f64, gate: Arc<Gate>) -> Self {
         Candidate {
             endpoint,
             load: Load::new(nanos(epoch, Instant::now())),
             epoch,
             tau_ns,
+            gate,
+        }
+    }
+
+    /// Charges a failure; logs an ejection.
+    pub(crate) fn fail(&self) {
+        if self.load.failed(nanos(self.epoch, Instant::now()), &self.gate) {
+            tracing::info!(
+                endpoint = %self.endpoint.meta.name,
+                addr = %self.endpoint.meta.addr,
+                "endpoint ejected after repeated failures; probing it with single requests"
+            );
         }
     }
 }
@@ -84,12 +98,18 @@ impl InFlight {
     pub(crate) fn answered(&self, baseline: &Baseline, sent: Instant, failed: bool) {
         let c = &self.candidate;
         if failed {
-            c.load.failed();
+            c.fail();
         } else {
             let now = Instant::now();
             let latency = now.saturating_duration_since(sent).as_nanos() as f64;
-            c.load
-                .answered(baseline, latency, nanos(c.epoch, sent), nanos(c.epoch, now), c.tau_ns);
+            c.load.answered(
+                baseline,
+                latency,
+                nanos(c.epoch, sent),
+                nanos(c.epoch, now),
+                c.tau_ns,
+                &c.gate,
+            );
         }
         self.settle();
     }
@@ -98,7 +118,7 @@ impl InFlight {
     /// head: a reset, a refused connection, a failing status in the
     /// trailers, its deadline.
     pub(crate) fn failed(&self) {
-        self.candidate.load.failed();
+        self.candidate.fail();
         self.settle();
     }
 

@@ -20,6 +20,7 @@ fn params() -> BalanceParams {
     BalanceParams {
         algorithm: Algorithm::PeakEwma,
         decay: Duration::from_secs(10),
+        accrual: weft_balance::Accrual::default(),
     }
 }
 

@@ -164,7 +164,7 @@ async fn handle(
             Ok(result) => result,
             Err(_) => {
                 if let Some(candidate) = on.take() {
-                    candidate.load.failed();
+                    candidate.fail();
                 }
                 Err(ProxyError::DeadlineExceeded(budget))
             }

@@ -35,6 +35,7 @@ fn router(discovery: Arc<dyn Discover>, idle: Duration) -> Arc<Router> {
     let params = BalanceParams {
         algorithm: Algorithm::PeakEwma,
         decay: Duration::from_secs(10),
+        accrual: weft_balance::Accrual::default(),
     };
     let client = Arc::new(ClientParams {
         connect_timeout: Duration::from_millis(200),

@@ -210,6 +210,15 @@ impl Collector for BalancerCollector {
             ConstGauge::new(e.failures as i64).encode(m.encode_family(l)?)?;
         }
         let mut m = encoder.encode_descriptor(
+            "endpoint_ejected",
+            "1 while failure accrual keeps the endpoint out of service (it gets single probe requests)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, e) in &rows {
+            ConstGauge::new(i64::from(e.ejected)).encode(m.encode_family(l)?)?;
+        }
+        let mut m = encoder.encode_descriptor(
             "endpoint_pending",
             "Requests awaiting their response head per endpoint",
             None,

@@ -1,0 +1,110 @@
+//! Failure accrual with a real proxy and real replicas: a replica that
+//! keeps answering UNAVAILABLE is ejected (probed with single requests) and
+//! comes back when it recovers; the panic threshold keeps the rest serving.
+
+use std::time::{Duration, Instant};
+
+use weft_api::square::Behavior;
+use weft_demo::square::{self, SquareHandle, SquareOptions};
+use weft_test_support::{DiscoveryFile, OpenLoad, TestProxy, eventually, metric};
+
+const SVC: &str = "square.test:50051";
+
+async fn replicas(n: usize) -> Vec<SquareHandle> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(
+            square::spawn(SquareOptions::named(format!("square-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    v
+}
+
+fn discovery(reps: &[SquareHandle]) -> DiscoveryFile {
+    let disc = DiscoveryFile::new();
+    let names: Vec<String> = (0..reps.len()).map(|i| format!("square-{i}")).collect();
+    let eps: Vec<(&str, std::net::SocketAddr)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(reps.iter().map(|r| r.addr))
+        .collect();
+    disc.set(SVC, &eps);
+    disc
+}
+
+fn unavailable() -> Behavior {
+    Behavior {
+        error_rate: 1.0,
+        error_code: 14,
+        ..Default::default()
+    }
+}
+
+async fn ejected(proxy: &TestProxy, name: &str) -> f64 {
+    metric(&proxy.metrics().await, "weft_endpoint_ejected", &[("endpoint", name)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_replica_is_ejected_probed_and_back_when_it_recovers() {
+    let reps = replicas(3).await;
+    let disc = discovery(&reps);
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let load = OpenLoad::start(proxy.channel(SVC).await, 200);
+    eventually("every replica to serve", Duration::from_secs(5), || async {
+        reps.iter().all(|r| r.stats().calls > 0).then_some(())
+    })
+    .await;
+
+    reps[2].service.set_behavior(unavailable());
+    eventually("square-2 to be ejected", Duration::from_secs(5), || async {
+        (ejected(&proxy, "square-2").await == 1.0).then_some(())
+    })
+    .await;
+    // Out of service: over 3 s at 200 calls/s it gets its probes only
+    // (after 1 s, then 2 s; one at a time), not its share (200).
+    let before = reps[2].stats().calls;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let probes = reps[2].stats().calls - before;
+    assert!(probes <= 3, "an ejected replica got {probes} calls in 3 s");
+    assert_eq!(ejected(&proxy, "square-2").await, 1.0, "still out: its probes failed");
+
+    // It recovers: the next probe succeeds and it is back with its share.
+    reps[2].service.set_behavior(Behavior::default());
+    let healed = Instant::now();
+    eventually("square-2 back in service", Duration::from_secs(20), || async {
+        (ejected(&proxy, "square-2").await == 0.0).then_some(())
+    })
+    .await;
+    eprintln!("back in service {:?} after it recovered", healed.elapsed());
+    let before = reps[2].stats().calls;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = reps[2].stats().calls - before;
+    assert!(after >= 20, "back, but only {after} calls in 1 s at 200 calls/s");
+
+    let records = load.finish().await;
+    let failed = records.iter().filter(|r| r.result.is_err()).count();
+    // Failures: square-2's answers before it was ejected and its probes.
+    assert!(failed <= 20, "{failed} failed calls of {}", records.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panic_threshold_keeps_failing_replicas_in_when_most_fail() {
+    let reps = replicas(3).await;
+    for r in &reps {
+        r.service.set_behavior(unavailable());
+    }
+    let disc = discovery(&reps);
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let calls = weft_test_support::square_calls(proxy.channel(SVC).await, 300, 4).await;
+    assert!(calls.iter().all(|c| c.starts_with("error:Unavailable")), "{calls:?}");
+    // Half of 3 rounds down to 1: one is out, two keep serving (failing,
+    // but answering: no call waits for an endpoint).
+    let mut out = 0.0;
+    for name in ["square-0", "square-1", "square-2"] {
+        out += ejected(&proxy, name).await;
+    }
+    assert_eq!(out, 1.0);
+    assert!(reps.iter().filter(|r| r.stats().calls >= 20).count() >= 2);
+}

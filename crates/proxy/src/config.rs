@@ -74,6 +74,13 @@ pub struct Config {
     #[arg(long, env = "WEFT_EWMA_DECAY", default_value = "10s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
 
+    /// Overload protection: the most requests the inbound side passes to
+    /// the app at once; beyond, requests are shed at once with gRPC
+    /// RESOURCE_EXHAUSTED (HTTP 503), so that callers go elsewhere before
+    /// the app falls over. 0: no limit (the default).
+    #[arg(long, env = "WEFT_INBOUND_MAX_CONCURRENCY", default_value_t = 0)]
+    pub inbound_max_concurrency: u32,
+
     /// Failure accrual: failures in a row that take an endpoint out of
     /// service (it is then probed with single requests after 1 s, 2 s, 4 s
     /// ... until one succeeds); a success rate under 50 % over 10 s (20
@@ -302,6 +309,7 @@ impl Config {
             "balancer": self.balancer.to_string(),
             "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
             "accrual_failures": self.accrual_failures,
+            "inbound_max_concurrency": self.inbound_max_concurrency,
             "accrual_backoff_max_ms": self.accrual_backoff_max.as_secs_f64() * 1e3,
             "max_ejected_percent": self.max_ejected_percent,
             "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,

@@ -47,6 +47,8 @@ pub(crate) enum ProxyError {
          in :authority or Host (e.g. square.demo:50051), or list {target} as a service in the discovery file"
     )]
     Loop { target: SocketAddr, listener: &'static str },
+    #[error("the app is at its limit of {0} concurrent requests (--inbound-max-concurrency); try another replica")]
+    Overloaded(usize),
 }
 
 /// Whose fault a failure is, for logs and metrics.
@@ -74,6 +76,7 @@ impl ProxyError {
                 _ => code::INTERNAL,
             },
             ProxyError::Upstream { .. } | ProxyError::Unsent(_) => code::UNAVAILABLE,
+            ProxyError::Overloaded(_) => code::RESOURCE_EXHAUSTED,
         }
     }
 
@@ -89,6 +92,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unsent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Loop { .. } => StatusCode::LOOP_DETECTED,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -105,6 +109,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::Unsent(_) => "unsent",
             ProxyError::Loop { .. } => "loop",
+            ProxyError::Overloaded(_) => "overloaded",
         }
     }
 
@@ -117,7 +122,8 @@ impl ProxyError {
             ProxyError::Unavailable { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::Upstream { .. }
-            | ProxyError::Unsent(_) => Fault::Upstream,
+            | ProxyError::Unsent(_)
+            | ProxyError::Overloaded(_) => Fault::Upstream,
         }
     }
 

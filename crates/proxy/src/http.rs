@@ -23,7 +23,14 @@ mod memo;
 pub(crate) mod serve_hyper;
 pub(crate) mod serve_splice;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -60,6 +67,41 @@ pub(crate) struct RequestPath {
     metrics: Arc<Metrics>,
     /// How long a request waits for a ready endpoint.
     fail_fast: Duration,
+    /// The inbound side's concurrency limit (`--inbound-max-concurrency`).
+    limit: Option<Arc<Limit>>,
+}
+
+/// At most `max` requests at once; the ones beyond are shed.
+#[derive(Debug)]
+pub(crate) struct Limit {
+    max: usize,
+    now: AtomicUsize,
+}
+
+/// One admitted request's place under a [`Limit`], given back when dropped.
+#[derive(Debug)]
+struct Permit(Arc<Limit>);
+
+impl Limit {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Limit {
+            max,
+            now: AtomicUsize::new(0),
+        })
+    }
+
+    fn admit(self: &Arc<Self>) -> Option<Permit> {
+        self.now
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| Permit(self.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One request on its way, from routing to its last byte.
@@ -77,6 +119,8 @@ pub(crate) struct Call {
     status: u16,
     /// A `grpc-status` in the response head (trailers-only responses).
     head_grpc_status: Option<u16>,
+    /// Its place under the inbound concurrency limit, until the call ends.
+    _permit: Option<Permit>,
 }
 
 impl Call {
@@ -98,11 +142,17 @@ impl Call {
 }
 
 impl RequestPath {
-    pub(crate) fn new(router: Arc<Router>, metrics: Arc<Metrics>, fail_fast: Duration) -> Self {
+    pub(crate) fn new(
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        fail_fast: Duration,
+        limit: Option<Arc<Limit>>,
+    ) -> Self {
         RequestPath {
             router,
             metrics,
             fail_fast,
+            limit,
         }
     }
 
@@ -125,8 +175,22 @@ impl RequestPath {
             Err(e) => return Err(self.refuse(conn, head.path, head.grpc, e, start)),
         };
         route.requests.inc();
+        // Overload: shed before the app sees the request, with a code that
+        // tells the caller's proxy to try another replica.
+        let permit = match &self.limit {
+            None => None,
+            Some(limit) => match limit.admit() {
+                Some(p) => Some(p),
+                None => {
+                    let err = ProxyError::Overloaded(limit.max);
+                    self.record_answer(&route, head.grpc, &err, start);
+                    return Err(err);
+                }
+            },
+        };
         // Authorization (the policy issue) comes here, before any byte goes on.
         Ok(Call {
+            _permit: permit,
             balancer,
             route,
             start,
@@ -173,7 +237,8 @@ impl RequestPath {
 
     /// The response head arrived for a request sent at `sent`: the
     /// endpoint's latency score (or its failure count, when the head
-    /// already says the call failed) and the route's latency take it in.
+    /// already says the call failed, or `shed`: the endpoint's proxy shed
+    /// it for overload) and the route's latency take it in.
     pub(crate) fn responded(
         &self,
         call: &mut Call,
@@ -181,13 +246,18 @@ impl RequestPath {
         sent: Instant,
         status: u16,
         grpc_status: Option<u16>,
+        shed: bool,
     ) {
         call.status = status;
         if call.grpc {
             call.head_grpc_status = grpc_status;
         }
         if let Some(p) = pick {
-            p.answered(&call.route.baseline, sent, classify::fails_endpoint(call, grpc_status));
+            p.answered(
+                &call.route.baseline,
+                sent,
+                shed || classify::fails_endpoint(call, grpc_status),
+            );
         }
         call.route.latency.observe(call.start.elapsed().as_secs_f64());
     }

@@ -77,12 +77,17 @@ pub(crate) struct ServerCtx {
 impl ServerCtx {
     pub(crate) fn new(side: Side, router: Arc<Router>, metrics: Arc<Metrics>, config: &Config) -> Self {
         let per_client = matches!(side, Side::Inbound(_)).then_some(config.max_connections_per_client as usize);
+        let limit = match (&side, config.inbound_max_concurrency) {
+            (Side::Inbound(_), n) if n > 0 => Some(crate::http::Limit::new(n as usize)),
+            _ => None,
+        };
         ServerCtx {
             side,
             path: Arc::new(RequestPath::new(
                 router.clone(),
                 metrics.clone(),
                 config.fail_fast_timeout,
+                limit,
             )),
             router,
             metrics,

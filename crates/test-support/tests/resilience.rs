@@ -108,3 +108,42 @@ async fn the_panic_threshold_keeps_failing_replicas_in_when_most_fail() {
     assert_eq!(out, 1.0);
     assert!(reps.iter().filter(|r| r.stats().calls >= 20).count() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_at_its_concurrency_limit_is_shielded_with_resource_exhausted() {
+    let slow = square::spawn(SquareOptions {
+        behavior: Behavior {
+            delay_ms: 300,
+            ..Default::default()
+        },
+        ..SquareOptions::named("slow")
+    })
+    .await
+    .unwrap();
+    let app = slow.addr.to_string();
+    let inbound = TestProxy::start(&["--inbound-forward", &app, "--inbound-max-concurrency", "4"]).await;
+    let channel = weft_test_support::mesh::channel_via(inbound.inbound, "slow.test:50051").await;
+    let started = Instant::now();
+    let calls = weft_test_support::square_calls(channel.clone(), 12, 12).await;
+    let shed: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("error:ResourceExhausted"))
+        .collect();
+    assert_eq!(shed.len(), 8, "{calls:?}");
+    assert!(shed[0].contains("--inbound-max-concurrency"), "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| *c == "slow").count(), 4, "{calls:?}");
+    assert_eq!(slow.stats().calls, 4, "the app saw only what it could take");
+    eprintln!("12 concurrent calls: 4 answered, 8 shed, in {:?}", started.elapsed());
+    // Once the four are done, the limit admits again.
+    let calls = weft_test_support::square_calls(channel, 4, 4).await;
+    assert!(calls.iter().all(|c| c == "slow"), "{calls:?}");
+    let m = inbound.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "weft_responses_total",
+            &[("direction", "inbound"), ("error", "overloaded")]
+        ) >= 8.0,
+        "{m}"
+    );
+}

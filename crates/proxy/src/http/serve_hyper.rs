@@ -190,7 +190,11 @@ async fn handle(
     }
     let (mut parts, incoming) = resp.into_parts();
     let grpc_status = if grpc { grpc_status(&parts.headers) } else { None };
-    path.responded(&mut call, Some(&pick), sent, parts.status.as_u16(), grpc_status);
+    let shed = parts
+        .headers
+        .get("weft-proxy-error")
+        .is_some_and(|v| v.as_bytes() == b"overloaded");
+    path.responded(&mut call, Some(&pick), sent, parts.status.as_u16(), grpc_status, shed);
     if conn.proto == Proto::Http1 {
         let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
             .then(|| upgrade_of(&parts.headers))

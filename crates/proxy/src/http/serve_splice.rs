@@ -105,7 +105,10 @@ impl Dispatch for RequestPath {
         } else {
             None
         };
-        RequestPath::responded(self, call, pick, sent, status, grpc_status);
+        // A peer weft-proxy that shed the request for overload: a failure of
+        // that endpoint (an overloaded app must not look fast).
+        let shed = weft_splice::field(head, b"weft-proxy-error").is_some_and(|v| v.as_ref() == b"overloaded");
+        RequestPath::responded(self, call, pick, sent, status, grpc_status, shed);
     }
 
     fn finished(&self, call: Call, pick: Option<InFlight>, end: End<'_, ProxyError>) {

@@ -10,6 +10,7 @@
 //!   a response, probes), behind one small lock;
 //! - [`accrual`]: failure accrual: an endpoint that keeps failing is
 //!   ejected, probed after a growing backoff, never too many at once;
+//! - [`budget`]: the retry budget of a service (a share of its requests);
 //! - [`pick`]: power of two choices, soft: the cheaper of two draws wins
 //!   with a probability that grows with how much cheaper it is;
 //! - [`sim`]: a discrete-event simulator of a client, its balancer and N
@@ -21,6 +22,7 @@
 
 pub mod accrual;
 pub mod baseline;
+pub mod budget;
 pub mod load;
 pub mod pick;
 pub mod score;
@@ -31,6 +33,7 @@ pub type Nanos = u64;
 
 pub use accrual::{Accrual, Gate};
 pub use baseline::Baseline;
+pub use budget::RetryBudget;
 pub use load::Load;
 pub use pick::{Algorithm, Peer, Picker};
 pub use score::Score;

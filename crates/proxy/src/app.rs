@@ -250,6 +250,10 @@ fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Rout
             max_ejected: f64::from(config.max_ejected_percent) / 100.0,
             ..weft_balance::Accrual::default()
         },
+        retry_budget: (
+            f64::from(config.retry_budget_percent) / 100.0,
+            f64::from(config.retry_min_per_second),
+        ),
     };
     let client = Arc::new(ClientParams {
         connect_timeout: config.connect_timeout,

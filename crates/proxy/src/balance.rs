@@ -30,7 +30,7 @@ use tokio::{
 
 pub(crate) use load::InFlight;
 use load::{Candidate, nanos};
-use weft_balance::{Gate, Picker};
+use weft_balance::{Gate, Picker, RetryBudget};
 
 use crate::{
     config::Algorithm,
@@ -50,6 +50,8 @@ pub(crate) struct BalanceParams {
     pub decay: Duration,
     /// Failure accrual: when an endpoint that keeps failing is ejected.
     pub accrual: weft_balance::Accrual,
+    /// The retry budget: retries per request, and a floor per second.
+    pub retry_budget: (f64, f64),
 }
 
 impl BalanceParams {
@@ -93,6 +95,8 @@ pub(crate) struct Balancer {
     closed: AtomicBool,
     /// Failure accrual's policy and how many endpoints are out.
     gate: Arc<Gate>,
+    /// Retries to this target, within a share of its requests.
+    budget: RetryBudget,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -107,6 +111,7 @@ impl std::fmt::Debug for Balancer {
 impl Balancer {
     fn new(target: Authority, proto: Proto, params: BalanceParams, client: Arc<ClientParams>) -> Arc<Self> {
         let gate = Arc::new(Gate::new(params.accrual));
+        let budget = RetryBudget::new(params.retry_budget.0, params.retry_budget.1, 0);
         let epoch = Instant::now();
         let picker = Picker::new(params.decay.as_nanos() as u64);
         Arc::new(Balancer {
@@ -126,6 +131,7 @@ impl Balancer {
             alive: watch::channel(()).0,
             closed: AtomicBool::new(false),
             gate,
+            budget,
         })
     }
 
@@ -241,6 +247,16 @@ impl Balancer {
     fn retire(&self, c: &Candidate) {
         c.endpoint.retire();
         c.load.retire(&self.gate);
+    }
+
+    /// A request to this target (it adds to the retry budget).
+    pub(crate) fn count_request(&self) {
+        self.budget.deposit(nanos(self.epoch, Instant::now()));
+    }
+
+    /// Whether one more retry fits the budget (and if so, spends it).
+    pub(crate) fn may_retry(&self) -> bool {
+        self.budget.withdraw(nanos(self.epoch, Instant::now()))
     }
 
     /// Notes a use, for idle eviction.

@@ -81,6 +81,23 @@ pub struct Config {
     #[arg(long, env = "WEFT_INBOUND_MAX_CONCURRENCY", default_value_t = 0)]
     pub inbound_max_concurrency: u32,
 
+    /// Retries (outbound, HTTP/2 engine `splice`): gRPC status codes whose
+    /// trailers-only answers are retried on another pick, comma separated,
+    /// or `off`. Only a request the proxy kept whole (up to 64 KiB) and of
+    /// which nothing reached the client yet; at most 2 retries per request,
+    /// with `grpc-previous-rpc-attempts` set; within the retry budget.
+    #[arg(long, env = "WEFT_RETRY_CODES", default_value = "14", value_parser = parse_codes)]
+    pub retry_codes: Codes,
+
+    /// The retry budget: retries may add at most this share of a service's
+    /// requests, in percent ...
+    #[arg(long, env = "WEFT_RETRY_BUDGET_PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub retry_budget_percent: u16,
+
+    /// ... plus this many retries a second, whatever the rate.
+    #[arg(long, env = "WEFT_RETRY_MIN_PER_SECOND", default_value_t = 10)]
+    pub retry_min_per_second: u32,
+
     /// Failure accrual: failures in a row that take an endpoint out of
     /// service (it is then probed with single requests after 1 s, 2 s, 4 s
     /// ... until one succeeds); a success rate under 50 % over 10 s (20
@@ -309,6 +326,9 @@ impl Config {
             "balancer": self.balancer.to_string(),
             "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
             "accrual_failures": self.accrual_failures,
+            "retry_codes": self.retry_codes.to_string(),
+            "retry_budget_percent": self.retry_budget_percent,
+            "retry_min_per_second": self.retry_min_per_second,
             "inbound_max_concurrency": self.inbound_max_concurrency,
             "accrual_backoff_max_ms": self.accrual_backoff_max.as_secs_f64() * 1e3,
             "max_ejected_percent": self.max_ejected_percent,
@@ -495,6 +515,50 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses a duration with a unit: `500us`, `250ms`, `10s`, `2m`, `1h`; at
 /// most [`MAX_DURATION`].
+/// A set of gRPC status codes (0–16).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Codes(pub u32);
+
+impl Codes {
+    pub fn contains(self, code: u16) -> bool {
+        code < 32 && self.0 & (1 << code) != 0
+    }
+}
+
+impl std::fmt::Display for Codes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = (0..17u16)
+            .filter(|c| self.contains(*c))
+            .map(|c| c.to_string())
+            .collect();
+        if list.is_empty() {
+            f.write_str("off")
+        } else {
+            f.write_str(&list.join(","))
+        }
+    }
+}
+
+/// Parses `14,13` (gRPC codes) or `off`.
+pub fn parse_codes(s: &str) -> Result<Codes, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "off" {
+        return Ok(Codes(0));
+    }
+    let mut mask = 0u32;
+    for part in s.split(',') {
+        let c: u16 = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{part}` is not a gRPC status code (0-16; UNAVAILABLE is 14)"))?;
+        if c > 16 {
+            return Err(format!("{c} is not a gRPC status code (0-16)"));
+        }
+        mask |= 1 << c;
+    }
+    Ok(Codes(mask))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
@@ -522,6 +586,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_codes_parse_and_say_what_is_wrong() {
+        assert_eq!(parse_codes("14").unwrap(), Codes(1 << 14));
+        assert_eq!(parse_codes(" 14, 13 ").unwrap(), Codes((1 << 14) | (1 << 13)));
+        assert_eq!(parse_codes("off").unwrap(), Codes(0));
+        assert_eq!(parse_codes("14,13").unwrap().to_string(), "13,14");
+        assert!(parse_codes("17").unwrap_err().contains("0-16"));
+        assert!(parse_codes("UNAVAILABLE").unwrap_err().contains("UNAVAILABLE is 14"));
+    }
 
     #[test]
     fn defaults_parse() {

@@ -49,6 +49,9 @@ use crate::{
 /// (queued when a connection ended, refused, above a GOAWAY's last stream).
 const MAX_ATTEMPTS: u8 = 4;
 
+/// Retries of a retryable answer per request (so 3 attempts at most).
+const MAX_RETRIES: u8 = 2;
+
 /// What the path needs of a request head, whichever engine parsed it.
 #[derive(Debug)]
 pub(crate) struct Head<'a> {
@@ -69,6 +72,9 @@ pub(crate) struct RequestPath {
     fail_fast: Duration,
     /// The inbound side's concurrency limit (`--inbound-max-concurrency`).
     limit: Option<Arc<Limit>>,
+    /// gRPC codes whose trailers-only answers are retried (outbound only):
+    /// bit `c` set for code `c`.
+    retry_codes: u32,
 }
 
 /// At most `max` requests at once; the ones beyond are shed.
@@ -121,6 +127,8 @@ pub(crate) struct Call {
     head_grpc_status: Option<u16>,
     /// Its place under the inbound concurrency limit, until the call ends.
     _permit: Option<Permit>,
+    /// Retries of retryable answers so far.
+    retries: u8,
 }
 
 impl Call {
@@ -147,12 +155,14 @@ impl RequestPath {
         metrics: Arc<Metrics>,
         fail_fast: Duration,
         limit: Option<Arc<Limit>>,
+        retry_codes: u32,
     ) -> Self {
         RequestPath {
             router,
             metrics,
             fail_fast,
             limit,
+            retry_codes,
         }
     }
 
@@ -188,9 +198,11 @@ impl RequestPath {
                 }
             },
         };
+        balancer.count_request();
         // Authorization (the policy issue) comes here, before any byte goes on.
         Ok(Call {
             _permit: permit,
+            retries: 0,
             balancer,
             route,
             start,
@@ -260,6 +272,47 @@ impl RequestPath {
             );
         }
         call.route.latency.observe(call.start.elapsed().as_secs_f64());
+    }
+
+    /// A trailers-only answer with `grpc_status` arrived for a request the
+    /// engine can send again whole: retry it? Yes when the code is
+    /// retryable, the request has retries left and its target's budget
+    /// allows one; the endpoint is then charged as `responded` would have,
+    /// and the answer is the attempts so far.
+    pub(crate) fn retry(
+        &self,
+        call: &mut Call,
+        pick: Option<&InFlight>,
+        sent: Instant,
+        grpc_status: Option<u16>,
+    ) -> Option<u32> {
+        let code = grpc_status?;
+        if code >= 32 || self.retry_codes & (1 << code) == 0 {
+            return None;
+        }
+        let result = if call.retries >= MAX_RETRIES {
+            "attempts"
+        } else if !call.balancer.may_retry() {
+            "budget"
+        } else {
+            "sent"
+        };
+        self.metrics
+            .retries
+            .get_or_create(&crate::telemetry::metrics::RetryLabels {
+                direction: call.route.labels.direction,
+                target: call.route.labels.target.clone(),
+                result,
+            })
+            .inc();
+        if result != "sent" {
+            return None;
+        }
+        if let Some(p) = pick {
+            p.answered(&call.route.baseline, sent, classify::fails_endpoint(call, grpc_status));
+        }
+        call.retries += 1;
+        Some(u32::from(call.retries))
     }
 
     /// The exchange is over: its outcome is counted, a failure is charged

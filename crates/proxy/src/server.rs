@@ -77,6 +77,12 @@ pub(crate) struct ServerCtx {
 impl ServerCtx {
     pub(crate) fn new(side: Side, router: Arc<Router>, metrics: Arc<Metrics>, config: &Config) -> Self {
         let per_client = matches!(side, Side::Inbound(_)).then_some(config.max_connections_per_client as usize);
+        // Retries go elsewhere: the inbound side has one app.
+        let retry_codes = if matches!(side, Side::Inbound(_)) {
+            0
+        } else {
+            config.retry_codes.0
+        };
         let limit = match (&side, config.inbound_max_concurrency) {
             (Side::Inbound(_), n) if n > 0 => Some(crate::http::Limit::new(n as usize)),
             _ => None,
@@ -88,6 +94,7 @@ impl ServerCtx {
                 metrics.clone(),
                 config.fail_fast_timeout,
                 limit,
+                retry_codes,
             )),
             router,
             metrics,

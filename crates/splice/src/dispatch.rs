@@ -108,6 +108,18 @@ pub trait Dispatch: Send + Sync + 'static {
     /// The response head arrived, for a request sent at `sent`.
     fn responded(&self, call: &mut Self::Call, pick: Option<&Self::Pick>, sent: Instant, head: &[Field]);
 
+    /// A trailers-only answer (`head`, which ends the stream) arrived for a
+    /// request sent at `sent` that the engine kept whole and has sent
+    /// nothing of to the client: should it go to an endpoint again instead?
+    /// The layer above decides (a retryable status, its budget, attempts
+    /// left) and, when it says yes, charges the endpoint as `responded`
+    /// would have; the answer is the number of attempts so far (for
+    /// `grpc-previous-rpc-attempts`). The default never retries.
+    fn retry(&self, call: &mut Self::Call, pick: Option<&Self::Pick>, sent: Instant, head: &[Field]) -> Option<u32> {
+        let _ = (call, pick, sent, head);
+        None
+    }
+
     /// The exchange is over (called exactly once per opened call).
     fn finished(&self, call: Self::Call, pick: Option<Self::Pick>, end: End<'_, Self::Error>);
 

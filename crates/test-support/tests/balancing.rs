@@ -221,8 +221,9 @@ async fn a_replica_failing_fast_gets_almost_nothing() {
     });
     let disc = DiscoveryFile::new();
     set(&disc, &endpoints(&reps));
-    // The balancer alone: failure accrual (ejection) off (resilience.rs has it on).
-    let proxy = TestProxy::with_discovery(&disc, &["--accrual-failures", "0"]).await;
+    // The balancer alone: failure accrual (ejection) and retries off
+    // (resilience.rs has them on).
+    let proxy = TestProxy::with_discovery(&disc, &["--accrual-failures", "0", "--retry-codes", "off"]).await;
     let hosts = square_calls(proxy.channel(SVC).await, 3000, 8).await;
     let failed = hosts.iter().filter(|h| h.starts_with("error:Unavailable")).count();
     assert_eq!(

@@ -147,3 +147,84 @@ async fn an_app_at_its_concurrency_limit_is_shielded_with_resource_exhausted() {
         "{m}"
     );
 }
+
+fn retries(m: &str, result: &str) -> f64 {
+    metric(m, "weft_retries_total", &[("result", result)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_replica_costs_the_client_nothing_with_retries() {
+    let reps = replicas(3).await;
+    reps[2].service.set_behavior(unavailable());
+    let disc = discovery(&reps);
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let calls = weft_test_support::square_calls(proxy.channel(SVC).await, 2000, 8).await;
+    let failed: Vec<&String> = calls.iter().filter(|c| c.starts_with("error:")).collect();
+    assert!(failed.is_empty(), "{} failed, e.g. {:?}", failed.len(), failed.first());
+    let m = proxy.metrics().await;
+    assert!(reps[2].stats().calls >= 1, "square-2 was tried");
+    assert_eq!(
+        retries(&m, "sent"),
+        reps[2].stats().calls as f64,
+        "each of its failures was retried once\n{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_at_the_budget_when_every_replica_fails() {
+    let reps = replicas(3).await;
+    for r in &reps {
+        r.service.set_behavior(unavailable());
+    }
+    let disc = discovery(&reps);
+    // 20 % of requests, plus 1 a second (a bucket of 10 to start).
+    let proxy =
+        TestProxy::with_discovery(&disc, &["--retry-budget-percent", "20", "--retry-min-per-second", "1"]).await;
+    let calls = weft_test_support::square_calls(proxy.channel(SVC).await, 1000, 8).await;
+    assert!(calls.iter().all(|c| c.starts_with("error:Unavailable")));
+    let attempts: u64 = reps.iter().map(|r| r.stats().calls).sum();
+    let m = proxy.metrics().await;
+    let sent = retries(&m, "sent");
+    eprintln!(
+        "1,000 calls, {attempts} attempts, {sent} retries; budget refused {}",
+        retries(&m, "budget")
+    );
+    assert_eq!(attempts as f64, 1000.0 + sent);
+    assert!(
+        sent <= 1000.0 * 0.2 + 10.0 + 5.0,
+        "a retry storm: {sent} retries for 1,000 calls"
+    );
+    assert!(sent >= 150.0, "the budget was not used: {sent}");
+    assert!(retries(&m, "budget") > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_too_big_to_keep_is_not_retried_and_attempts_are_capped() {
+    use weft_api::grpc_testing::{EchoStatus, Payload, SimpleRequest, test_service_client::TestServiceClient};
+    let server = weft_demo::interop::spawn().await.unwrap();
+    let disc = DiscoveryFile::new();
+    disc.set(SVC, &[("interop-0", server.addr)]);
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let mut client = TestServiceClient::new(proxy.channel(SVC).await).max_decoding_message_size(1 << 22);
+    let failing = |body: usize| SimpleRequest {
+        payload: Some(Payload {
+            body: vec![0; body],
+            ..Default::default()
+        }),
+        response_status: Some(EchoStatus {
+            code: 14,
+            message: "down for maintenance".into(),
+        }),
+        ..Default::default()
+    };
+    // 1 KiB: kept whole, so retried, twice at most (the one endpoint fails each time).
+    let err = client.unary_call(failing(1024)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let m = proxy.metrics().await;
+    assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (2.0, 1.0), "{m}");
+    // 100 KiB: more than the proxy keeps (64 KiB), so never retried.
+    let err = client.unary_call(failing(100 << 10)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let m = proxy.metrics().await;
+    assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (2.0, 1.0), "{m}");
+}

@@ -21,6 +21,7 @@ fn params() -> BalanceParams {
         algorithm: Algorithm::PeakEwma,
         decay: Duration::from_secs(10),
         accrual: weft_balance::Accrual::default(),
+        retry_budget: (0.2, 10.0),
     }
 }
 

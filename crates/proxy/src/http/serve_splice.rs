@@ -111,6 +111,10 @@ impl Dispatch for RequestPath {
         RequestPath::responded(self, call, pick, sent, status, grpc_status, shed);
     }
 
+    fn retry(&self, call: &mut Call, pick: Option<&InFlight>, sent: Instant, head: &[Field]) -> Option<u32> {
+        RequestPath::retry(self, call, pick, sent, field_u16(head, b"grpc-status"))
+    }
+
     fn finished(&self, call: Call, pick: Option<InFlight>, end: End<'_, ProxyError>) {
         let outcome = match end {
             End::Answered(err) => {

@@ -36,6 +36,7 @@ fn router(discovery: Arc<dyn Discover>, idle: Duration) -> Arc<Router> {
         algorithm: Algorithm::PeakEwma,
         decay: Duration::from_secs(10),
         accrual: weft_balance::Accrual::default(),
+        retry_budget: (0.2, 10.0),
     };
     let client = Arc::new(ClientParams {
         connect_timeout: Duration::from_millis(200),

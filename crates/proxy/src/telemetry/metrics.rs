@@ -75,6 +75,14 @@ pub struct DetectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub direction: &'static str,
+    pub target: Label,
+    /// `sent`, or why not: `budget`, `attempts`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub direction: &'static str,
     pub reason: &'static str,
@@ -127,6 +135,8 @@ pub struct Metrics {
     pub responses: Family<ResponseLabels, Counter>,
     pub latency: Family<RouteLabels, Histogram>,
     pub discovery_errors: Counter,
+    /// Retries sent, and retryable answers not retried (and why).
+    pub retries: Family<RetryLabels, Counter>,
     /// 1 while connected to the control plane (`--control-plane`), else 0.
     pub control_plane_connected: Gauge,
     /// Times the control-plane connection was lost or could not be made.
@@ -218,6 +228,7 @@ impl Metrics {
             responses: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.iter().copied())),
             discovery_errors: Counter::default(),
+            retries: Family::default(),
             control_plane_connected: Gauge::default(),
             control_plane_disconnects: Counter::default(),
             endpoint_connects: Family::default(),
@@ -263,6 +274,11 @@ impl Metrics {
             "discovery_errors",
             "Rejected versions of the discovery file",
             m.discovery_errors.clone(),
+        );
+        r.register(
+            "retries",
+            "Retries of retryable answers (result=sent), and retryable answers passed on instead (result=budget: the retry budget was spent; attempts: the request's retries were)",
+            m.retries.clone(),
         );
         r.register(
             "control_plane_connected",

@@ -56,6 +56,38 @@ impl<D: Dispatch> Down<D> {
     fn on_response_head(&mut self, stream: u32, fields: Vec<Field>, end: bool, credit: u32) {
         let Some(s) = self.streams.get_mut(&stream) else { return };
         s.credited(credit, &mut self.req_buffered);
+        // A trailers-only failure of a request kept whole and complete (so
+        // that the endpoint's stream is closed both ways), nothing of it
+        // sent to the client yet: the layer above may send it again instead.
+        if end
+            && s.x.grpc
+            && !s.head_sent
+            && s.client_done
+            && s.replay.is_some()
+            && let Some(attempts) = self.dispatch.retry(&mut s.x.call, s.x.pick.as_ref(), s.x.sent, &fields)
+            && let Some(r) = s.replay.as_mut()
+        {
+            s.x.pick = None;
+            let mut head: Vec<Field> = r
+                .head
+                .iter()
+                .filter(|f| f.name.as_ref() != b"grpc-previous-rpc-attempts")
+                .cloned()
+                .collect();
+            head.push(Field::new("grpc-previous-rpc-attempts", attempts.to_string()));
+            r.head = head.into();
+            let open = Box::new(Open {
+                key: s.key,
+                reply: self.tx.clone(),
+                head: r.head.clone(),
+                body: r.body.clone(),
+                trailers: r.trailers.clone(),
+                end: s.client_done,
+            });
+            s.up = Upstream::Waiting(open);
+            self.dispatch_stream(stream, None);
+            return;
+        }
         self.dispatch
             .responded(&mut s.x.call, s.x.pick.as_ref(), s.x.sent, &fields);
         s.head_sent = true;

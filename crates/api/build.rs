@@ -6,7 +6,14 @@
 //! keeps its buffers for its whole life.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
-    let demo = protox::compile(["proto/square.proto", "proto/grpc/testing/test.proto"], ["proto"])?;
+    let demo = protox::compile(
+        [
+            "proto/square.proto",
+            "proto/grpc/testing/test.proto",
+            "proto/grpc/health/v1/health.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(grpc)
         .build_server(grpc)

@@ -21,6 +21,15 @@ pub mod square {
     include!(concat!(env!("OUT_DIR"), "/square.rs"));
 }
 
+/// The standard gRPC health checking protocol (`grpc.health.v1`).
+pub mod grpc_health {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+
+    /// The gRPC paths of `Health/Watch` and `Health/Check`.
+    pub const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
+    pub const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+}
+
 /// The gRPC interop test service (`grpc.testing`).
 pub mod grpc_testing {
     include!(concat!(env!("OUT_DIR"), "/grpc.testing.rs"));

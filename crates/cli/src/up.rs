@@ -426,6 +426,13 @@ impl Up {
                         Phase::Ready => {
                             if let Some(why) = r.exited() {
                                 crashed(r, &why).await;
+                            } else if has_port {
+                                // The proxy's health check of its app.
+                                match http_status(r.ports.admin, "/ready").await {
+                                    Some(200) => r.serving = true,
+                                    Some(503) => r.serving = false,
+                                    _ => {}
+                                }
                             }
                         }
                     }
@@ -498,7 +505,7 @@ impl Up {
             let identity = w.identity.clone().unwrap_or_else(|| name.to_string());
             run.replicas
                 .values()
-                .filter(|r| r.phase == Phase::Ready)
+                .filter(|r| r.phase == Phase::Ready && r.serving)
                 .map(|r| Endpoint {
                     address: r.ports.inbound,
                     name: Some(r.name.clone()),
@@ -554,6 +561,7 @@ impl Up {
             None,
             admin,
             &self.logs,
+            false,
         )?;
         let log = self.dirs.logs().join("entry.proxy.log");
         wait_accepting(&mut child, addr, "the entry proxy", &log)
@@ -613,7 +621,11 @@ impl Up {
             "WORKLOAD", "READY", "RESTARTS", "SERVICE", "REPLICAS"
         );
         for (name, w) in &self.workloads {
-            let ready = w.replicas.values().filter(|r| r.phase == Phase::Ready).count();
+            let ready = w
+                .replicas
+                .values()
+                .filter(|r| r.phase == Phase::Ready && r.serving)
+                .count();
             let restarts: u32 = w.replicas.values().map(|r| r.restarts).sum();
             let service = w
                 .spec
@@ -624,7 +636,14 @@ impl Up {
             let replicas: Vec<String> = w
                 .replicas
                 .values()
-                .map(|r| format!("{} {}", r.name, r.phase.label()))
+                .map(|r| {
+                    let label = if r.phase == Phase::Ready && !r.serving {
+                        "not serving"
+                    } else {
+                        r.phase.label()
+                    };
+                    format!("{} {label}", r.name)
+                })
                 .collect();
             s.push_str(&format!(
                 "{:<20} {:>7} {:>9}  {:<26} {}\n",
@@ -680,8 +699,13 @@ impl Up {
             .flat_map(|(name, w)| {
                 w.replicas.values().map(move |r| {
                     let (app, proxy) = r.pids();
+                    let phase = if r.phase == Phase::Ready && !r.serving {
+                        "not serving"
+                    } else {
+                        r.phase.label()
+                    };
                     serde_json::json!({
-                        "workload": name.as_str(), "name": r.name, "phase": r.phase.label(),
+                        "workload": name.as_str(), "name": r.name, "phase": phase,
                         "restarts": r.restarts, "pid": app, "proxy_pid": proxy,
                         "app": r.ports.app.to_string(), "inbound": r.ports.inbound.to_string(),
                         "outbound": r.ports.outbound.to_string(), "admin": r.ports.admin.to_string(),
@@ -795,6 +819,23 @@ async fn crashed(r: &mut Replica, why: &str) {
 /// 1 s, 2 s, 4 s ... up to 30 s.
 fn backoff(restarts: u32) -> Duration {
     Duration::from_secs((1u64 << restarts.saturating_sub(1).min(5)).min(30))
+}
+
+/// The status of `GET path` on `addr` (a proxy's admin), within 200 ms.
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_millis(200), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn accepts(addr: SocketAddr) -> bool {

@@ -66,6 +66,8 @@ pub struct SquareService {
     name: Arc<str>,
     behavior: Arc<Mutex<Behavior>>,
     pub stats: Arc<SquareStats>,
+    /// grpc.health.v1, once serving.
+    health: Arc<Mutex<Option<tonic_health::server::HealthReporter>>>,
 }
 
 impl SquareService {
@@ -74,11 +76,17 @@ impl SquareService {
             name: name.into(),
             behavior: Arc::new(Mutex::new(behavior)),
             stats: Arc::default(),
+            health: Arc::default(),
         }
     }
 
+    /// Sets the behaviour (its health status follows, on a task: call it
+    /// within a tokio runtime).
     pub fn set_behavior(&self, b: Behavior) {
         *self.behavior.lock().unwrap_or_else(|e| e.into_inner()) = b;
+        if let Some(h) = self.health.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            tokio::spawn(report_health(h, b.not_serving));
+        }
     }
 
     fn behavior(&self) -> Behavior {
@@ -252,6 +260,17 @@ impl SquareHandle {
     }
 }
 
+/// Sets grpc.health.v1's status for "" and `square.Square`.
+async fn report_health(h: tonic_health::server::HealthReporter, not_serving: bool) {
+    let status = if not_serving {
+        tonic_health::ServingStatus::NotServing
+    } else {
+        tonic_health::ServingStatus::Serving
+    };
+    h.set_service_status("", status).await;
+    h.set_service_status("square.Square", status).await;
+}
+
 /// Serves square on a bound listener until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -260,7 +279,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<SquareServer<SquareService>>().await;
+    report_health(health.clone(), service.behavior().not_serving).await;
+    *service.health.lock().unwrap_or_else(|e| e.into_inner()) = Some(health);
     tonic::transport::Server::builder()
         .max_concurrent_streams(max_concurrent_streams)
         .tcp_nodelay(true)

@@ -111,6 +111,13 @@ impl Proxy {
             balancers: balancers.clone(),
         }));
 
+        let app_health = match (&config.app_health_check, config.inbound_forward) {
+            (Some(service), Some(app)) => Some(crate::health::spawn(app, service.clone(), metrics.app_serving.clone())),
+            _ => {
+                metrics.app_serving.set(-1);
+                None
+            }
+        };
         let (drain_signal, drain_watch) = drain::channel();
         let (shutdown_tx, shutdown_rx) = mpsc::unbounded_channel();
         let ready = Arc::new(AtomicBool::new(true));
@@ -141,6 +148,7 @@ impl Proxy {
                 ready: ready.clone(),
                 shutdown: shutdown_tx.clone(),
                 details: Arc::new(move || discovery.status().unwrap_or_default()),
+                app_health,
             });
             let fut = admin::serve(l, state, async move {
                 let _ = admin_stopped.await;

@@ -74,6 +74,14 @@ pub struct Config {
     #[arg(long, env = "WEFT_EWMA_DECAY", default_value = "10s", value_parser = parse_duration)]
     pub ewma_decay: Duration,
 
+    /// Check the app's health with grpc.health.v1 (Watch, else Check each
+    /// second) for SERVICE ("" or no value: the whole server); while the app
+    /// says NOT_SERVING, /ready answers 503, so that the mesh (weft up, and
+    /// the control plane) stops sending it calls. An app without a health
+    /// service counts as serving. Off unless given.
+    #[arg(long, env = "WEFT_APP_HEALTH_CHECK", value_name = "SERVICE", num_args = 0..=1, default_missing_value = "")]
+    pub app_health_check: Option<String>,
+
     /// Overload protection: the most requests the inbound side passes to
     /// the app at once; beyond, requests are shed at once with gRPC
     /// RESOURCE_EXHAUSTED (HTTP 503), so that callers go elsewhere before
@@ -279,6 +287,9 @@ impl Config {
     /// Checks what no single flag can: the app (`--inbound-forward`) must not
     /// be one of the proxy's own listeners, or inbound requests would loop.
     pub fn check(&self) -> Result<(), String> {
+        if self.app_health_check.is_some() && self.inbound_forward.is_none() {
+            return Err("--app-health-check checks the app at --inbound-forward: give both".into());
+        }
         if let Some(cp) = &self.control_plane {
             let port_ok = cp
                 .rsplit_once(':')
@@ -330,6 +341,7 @@ impl Config {
             "retry_budget_percent": self.retry_budget_percent,
             "retry_min_per_second": self.retry_min_per_second,
             "inbound_max_concurrency": self.inbound_max_concurrency,
+            "app_health_check": self.app_health_check,
             "accrual_backoff_max_ms": self.accrual_backoff_max.as_secs_f64() * 1e3,
             "max_ejected_percent": self.max_ejected_percent,
             "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,

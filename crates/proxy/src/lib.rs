@@ -31,6 +31,8 @@ mod endpoint;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod grpc_client;
+mod health;
 mod http;
 mod inbound;
 mod outbound;

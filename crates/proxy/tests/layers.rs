@@ -14,7 +14,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("drain", &[]),
     ("error", &["core"]),
     ("telemetry", &["core"]),
-    ("discovery", &["core"]),
+    ("grpc_client", &[]),
+    ("health", &["grpc_client"]),
+    ("discovery", &["core", "grpc_client"]),
     ("transport", &["core", "config"]),
     (
         "endpoint",

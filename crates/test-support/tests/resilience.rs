@@ -228,3 +228,37 @@ async fn a_request_too_big_to_keep_is_not_retried_and_attempts_are_capped() {
     let m = proxy.metrics().await;
     assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (2.0, 1.0), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbound_proxy_follows_its_apps_health() {
+    let app = square::spawn(SquareOptions::named("square-0")).await.unwrap();
+    let forward = app.addr.to_string();
+    let proxy = TestProxy::start(&["--inbound-forward", &forward, "--app-health-check"]).await;
+    let ready = || async { weft_test_support::http_get(proxy.admin, "/ready").await.unwrap() };
+    eventually("SERVING to be seen", Duration::from_secs(5), || async {
+        (metric(&proxy.metrics().await, "weft_app_serving", &[]) == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(ready().await.0, 200);
+
+    app.service.set_behavior(Behavior {
+        not_serving: true,
+        ..Default::default()
+    });
+    let t = Instant::now();
+    let (status, body) = eventually("NOT_SERVING to turn /ready 503", Duration::from_secs(1), || async {
+        let r = ready().await;
+        (r.0 == 503).then_some(r)
+    })
+    .await;
+    eprintln!("NOT_SERVING seen on /ready after {:?}", t.elapsed());
+    assert_eq!(status, 503);
+    assert!(body.contains("NOT_SERVING"), "{body}");
+    assert_eq!(metric(&proxy.metrics().await, "weft_app_serving", &[]), 0.0);
+
+    app.service.set_behavior(Behavior::default());
+    eventually("SERVING again", Duration::from_secs(1), || async {
+        (ready().await.0 == 200).then_some(())
+    })
+    .await;
+}

@@ -227,3 +227,98 @@ async fn weft_up_spreads_calls_scales_live_refuses_a_typo_and_leaves_nothing_on_
     assert!(!weft_dir.join("run/up.pid").exists());
     assert!(!weft_dir.join("run/weft.sock").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_up_stops_sending_to_a_replica_that_reports_not_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(workspace_root().join("examples/square.yaml")).unwrap(),
+    )
+    .unwrap();
+    let entry: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let weft_dir: PathBuf = dir.path().join(".weft");
+    let _cleanup = Down(weft_dir.clone());
+    let mut up = tokio::process::Command::new(bin_path("weft"))
+        .arg("up")
+        .arg(&file)
+        .arg("--dir")
+        .arg(&weft_dir)
+        .args(["--entry", &entry.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let root = dir.path().to_path_buf();
+    eventually("3 ready replicas", Duration::from_secs(30), || {
+        let root = root.clone();
+        async move { (replicas(&state(&root)) == ready(&["square-0", "square-1", "square-2"])).then_some(()) }
+    })
+    .await;
+    let app_of = |name: &str| -> String {
+        state(dir.path())["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()["app"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let set = |spec: &str| {
+        let out = std::process::Command::new(bin_path("square-client"))
+            .args(["--target", &app_of("square-1"), "--set-behavior", spec])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let channel = channel_via(entry, "square:50051").await;
+
+    // square-1 says NOT_SERVING (its calls still work): within a second the
+    // mesh sends it nothing new.
+    set("not_serving=1");
+    let t = Instant::now();
+    eventually("square-1 out of the endpoints", Duration::from_secs(1), || {
+        let root = root.clone();
+        async move {
+            let r = replicas(&state(&root));
+            r.iter()
+                .any(|(n, p)| n == "square-1" && p == "not serving")
+                .then_some(())
+        }
+    })
+    .await;
+    eprintln!("square-1 out of the endpoints {:?} after NOT_SERVING", t.elapsed());
+    tokio::time::sleep(Duration::from_millis(200)).await; // the entry proxy hears it (measured: milliseconds)
+    let hosts = square_calls(channel.clone(), 90, 3).await;
+    let t = tally(hosts.iter().map(String::as_str));
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["square-0", "square-2"], "{t:?}");
+
+    // SERVING again: back.
+    set("");
+    eventually("square-1 back", Duration::from_secs(5), || {
+        let channel = channel.clone();
+        async move {
+            square_calls(channel, 30, 3)
+                .await
+                .iter()
+                .any(|h| h == "square-1")
+                .then_some(())
+        }
+    })
+    .await;
+
+    let pid = up.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), up.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

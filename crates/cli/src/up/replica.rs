@@ -70,6 +70,9 @@ pub struct Replica {
     pub ports: Ports,
     pub phase: Phase,
     pub restarts: u32,
+    /// What its proxy's health check of the app says (`/ready`): a replica
+    /// that is not serving stays up but is no endpoint.
+    pub serving: bool,
 }
 
 /// What a replica's processes need to start.
@@ -100,6 +103,7 @@ impl Replica {
             Some((ports.inbound, ports.app)),
             ports.admin,
             l.logs,
+            l.spec.ports.iter().any(|p| p.protocol == weft_mesh::Protocol::Grpc),
         )?;
         let app = spawn_app(l, &name, &ports).inspect_err(|_| {
             signal(proxy.id(), "KILL");
@@ -111,6 +115,7 @@ impl Replica {
             ports,
             phase: Phase::Starting { since: Instant::now() },
             restarts: 0,
+            serving: true,
         })
     }
 
@@ -177,9 +182,13 @@ pub fn spawn_proxy(
     inbound: Option<(SocketAddr, SocketAddr)>,
     admin: SocketAddr,
     logs: &Path,
+    health_check: bool,
 ) -> anyhow::Result<Child> {
     let (out, err) = log_file(logs, &format!("{name}.proxy.log"))?;
     let mut cmd = Command::new(bin);
+    if health_check {
+        cmd.arg("--app-health-check");
+    }
     match inbound {
         Some((listen, app)) => cmd
             .args(["--inbound-listen", &listen.to_string()])

@@ -68,9 +68,10 @@ fn parse_behavior(spec: &str) -> anyhow::Result<weft_api::square::Behavior> {
             "stall_every_ms" => b.stall_every_ms = int()?,
             "stall_ms" => b.stall_ms = int()?,
             "report_ms" => b.report_ms = int()?,
+            "not_serving" => b.not_serving = int()? != 0,
             other => anyhow::bail!(
                 "unknown behaviour field `{other}` (delay_ms, jitter_ms, error_rate, error_code, slow_fraction, \
-                 slow_ms, work_us, stall_every_ms, stall_ms, report_ms)"
+                 slow_ms, work_us, stall_every_ms, stall_ms, report_ms, not_serving)"
             ),
         }
     }

@@ -20,17 +20,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use prost::Message;
 use tokio::sync::watch;
 use weft_api::destination as pb;
 
 use super::{Discover, EndpointMeta, Resolution};
-use crate::core::{Authority, lock};
+use crate::{
+    core::{Authority, lock},
+    grpc_client::{self, CallEnd},
+};
 
-/// The largest update the proxy accepts (10,000 endpoints take ~1 MB).
-pub const MAX_MESSAGE: usize = 16 << 20;
 /// How long connecting to the control plane may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First and longest wait between attempts to reach the control plane.
@@ -291,126 +292,66 @@ async fn stream_once(inner: &Arc<Inner>, target: &Authority, tx: &watch::Sender<
         Ok(c) => c,
         Err(e) => return broken(e),
     };
-    let mut send = match conn.send.ready().await {
-        Ok(s) => s,
-        Err(e) => {
-            conn.alive.store(false, Ordering::Relaxed);
-            return broken(e);
-        }
-    };
-    let req = match http::Request::post(format!("http://{}{}", inner.addr, pb::GET_PATH))
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .body(())
-    {
-        Ok(r) => r,
-        Err(e) => return broken(e),
-    };
-    let (response, mut body_tx) = match send.send_request(req, false) {
-        Ok(r) => r,
-        Err(e) => return broken(e),
-    };
     let msg = pb::GetDestination {
         authority: target.to_string(),
         context: inner.context.clone(),
     };
-    if let Err(e) = body_tx.send_data(frame(&msg), true) {
-        return broken(e);
-    }
-    let response = match response.await {
-        Ok(r) => r,
-        Err(e) => return broken(e),
+    let mut answers = match grpc_client::call(&conn.send, &inner.addr, pb::GET_PATH, &msg.encode_to_vec()).await {
+        Ok(a) => a,
+        Err(end) => {
+            if matches!(end, CallEnd::Broken { connection: true, .. }) {
+                conn.alive.store(false, Ordering::Relaxed);
+            }
+            return ended(end);
+        }
     };
-    let (head, mut body) = response.into_parts();
-    if head.status != http::StatusCode::OK {
-        return Ended::Broken {
-            error: format!("answered HTTP {}", head.status),
-            connection: false,
-        };
-    }
-    // Trailers-only: an error at once (NOT_FOUND for an unknown service).
-    if let Some(ended) = grpc_end(&head.headers) {
-        return ended;
-    }
-
-    let mut buf = BytesMut::new();
     let mut endpoints: BTreeMap<SocketAddr, EndpointMeta> = BTreeMap::new();
     let mut first = true;
-    while let Some(chunk) = body.data().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return broken(e),
+    loop {
+        let msg = match answers.next().await {
+            Ok(m) => m,
+            Err(end) => return ended(end),
         };
-        let _ = body.flow_control().release_capacity(chunk.len());
-        buf.extend_from_slice(&chunk);
-        loop {
-            let msg = match unframe(&mut buf) {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    return Ended::Broken {
-                        error: e,
-                        connection: false,
-                    };
-                }
-            };
-            let update = match pb::Update::decode(msg) {
-                Ok(u) => u,
-                Err(e) => {
-                    return Ended::Broken {
-                        error: format!("undecodable update: {e}"),
-                        connection: false,
-                    };
-                }
-            };
-            if first && !matches!(update.kind, Some(pb::update::Kind::Snapshot(_))) {
+        let update = match pb::Update::decode(msg) {
+            Ok(u) => u,
+            Err(e) => {
                 return Ended::Broken {
-                    error: "the stream did not start with a snapshot".into(),
+                    error: format!("undecodable update: {e}"),
                     connection: false,
                 };
             }
-            first = false;
-            apply(&mut endpoints, update, target);
-            let list: Arc<[EndpointMeta]> = endpoints.values().cloned().collect();
-            tx.send_if_modified(|r| {
-                let next = Resolution::Endpoints(list);
-                if *r == next {
-                    false
-                } else {
-                    *r = next;
-                    true
-                }
-            });
+        };
+        if first && !matches!(update.kind, Some(pb::update::Kind::Snapshot(_))) {
+            return Ended::Broken {
+                error: "the stream did not start with a snapshot".into(),
+                connection: false,
+            };
         }
-    }
-    match body.trailers().await {
-        Ok(Some(t)) => grpc_end(&t).unwrap_or(Ended::Broken {
-            error: "the stream ended".into(),
-            connection: false,
-        }),
-        Ok(None) => Ended::Broken {
-            error: "the stream ended without a status".into(),
-            connection: false,
-        },
-        Err(e) => broken(e),
+        first = false;
+        apply(&mut endpoints, update, target);
+        let list: Arc<[EndpointMeta]> = endpoints.values().cloned().collect();
+        tx.send_if_modified(|r| {
+            let next = Resolution::Endpoints(list);
+            if *r == next {
+                false
+            } else {
+                *r = next;
+                true
+            }
+        });
     }
 }
 
-/// The end a `grpc-status` header says, if it is there.
-fn grpc_end(headers: &http::HeaderMap) -> Option<Ended> {
-    let code = headers.get("grpc-status")?.to_str().ok()?.trim().parse::<u32>().ok()?;
-    let message = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    Some(match code {
-        5 => Ended::NotFound,
-        _ => Ended::Broken {
+/// What a call's end means for the watch.
+fn ended(end: CallEnd) -> Ended {
+    match end {
+        CallEnd::Status(5, _) => Ended::NotFound,
+        CallEnd::Status(code, message) => Ended::Broken {
             error: format!("grpc-status {code} {message}"),
             connection: false,
         },
-    })
+        CallEnd::Broken { error, connection } => Ended::Broken { error, connection },
+    }
 }
 
 fn apply(endpoints: &mut BTreeMap<SocketAddr, EndpointMeta>, update: pb::Update, target: &Authority) {
@@ -450,56 +391,9 @@ fn apply(endpoints: &mut BTreeMap<SocketAddr, EndpointMeta>, update: pb::Update,
     }
 }
 
-/// A gRPC message frame: uncompressed flag, length, message.
-fn frame(msg: &impl Message) -> Bytes {
-    let len = msg.encoded_len();
-    let mut b = BytesMut::with_capacity(5 + len);
-    b.put_u8(0);
-    b.put_u32(len as u32);
-    msg.encode(&mut b).expect("BytesMut grows");
-    b.freeze()
-}
-
-/// The next whole message in `buf`, if one has arrived.
-fn unframe(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    if buf[0] != 0 {
-        return Err("a compressed message (the proxy asks for none)".into());
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len > MAX_MESSAGE {
-        return Err(format!("a {len}-byte update; the most is {MAX_MESSAGE}"));
-    }
-    if buf.len() < 5 + len {
-        buf.reserve(5 + len - buf.len());
-        return Ok(None);
-    }
-    buf.advance(5);
-    Ok(Some(buf.split_to(len).freeze()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_round_trip_and_bounds_hold() {
-        let msg = pb::GetDestination {
-            authority: "square:50051".into(),
-            context: String::new(),
-        };
-        let mut buf = BytesMut::from(&frame(&msg)[..]);
-        buf.extend_from_slice(&frame(&msg)[..3]);
-        let got = unframe(&mut buf).unwrap().unwrap();
-        assert_eq!(pb::GetDestination::decode(got).unwrap(), msg);
-        assert!(unframe(&mut buf).unwrap().is_none(), "half a frame waits");
-        let mut huge = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
-        assert!(unframe(&mut huge).is_err());
-        let mut compressed = BytesMut::from(&[1u8, 0, 0, 0, 0][..]);
-        assert!(unframe(&mut compressed).is_err());
-    }
 
     #[test]
     fn updates_apply_in_order() {

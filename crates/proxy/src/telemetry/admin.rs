@@ -35,6 +35,8 @@ pub(crate) struct AdminState {
     pub balancers: Balancers,
     pub ready: Arc<AtomicBool>,
     pub shutdown: mpsc::UnboundedSender<()>,
+    /// The app's health (`--app-health-check`): 2 is NOT_SERVING.
+    pub app_health: Option<Arc<std::sync::atomic::AtomicU8>>,
     /// More to say on `/ready` (the control-plane connection).
     pub details: Arc<dyn Fn() -> String + Send + Sync>,
     /// What admin actions that change state require (`--admin-token`); `None`: they are off.
@@ -90,7 +92,20 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
         }
         (&Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n".into()),
         (&Method::GET, "/ready") => {
-            if state.ready.load(Ordering::Relaxed) {
+            if state
+                .app_health
+                .as_ref()
+                .is_some_and(|h| h.load(Ordering::Relaxed) == 2)
+            {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "not ready: the app reports NOT_SERVING (grpc.health.v1)\n{}",
+                        (state.details)()
+                    ),
+                )
+            } else if state.ready.load(Ordering::Relaxed) {
                 reply(StatusCode::OK, "text/plain", format!("ready\n{}", (state.details)()))
             } else {
                 reply(

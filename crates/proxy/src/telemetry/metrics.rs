@@ -137,6 +137,8 @@ pub struct Metrics {
     pub discovery_errors: Counter,
     /// Retries sent, and retryable answers not retried (and why).
     pub retries: Family<RetryLabels, Counter>,
+    /// The app's health (`--app-health-check`): 1 serving, 0 not, -1 unknown.
+    pub app_serving: Gauge,
     /// 1 while connected to the control plane (`--control-plane`), else 0.
     pub control_plane_connected: Gauge,
     /// Times the control-plane connection was lost or could not be made.
@@ -230,6 +232,7 @@ impl Metrics {
             discovery_errors: Counter::default(),
             retries: Family::default(),
             control_plane_connected: Gauge::default(),
+            app_serving: Gauge::default(),
             control_plane_disconnects: Counter::default(),
             endpoint_connects: Family::default(),
             endpoint_connect_errors: Family::default(),
@@ -279,6 +282,11 @@ impl Metrics {
             "retries",
             "Retries of retryable answers (result=sent), and retryable answers passed on instead (result=budget: the retry budget was spent; attempts: the request's retries were)",
             m.retries.clone(),
+        );
+        r.register(
+            "app_serving",
+            "The app's grpc.health.v1 status (--app-health-check): 1 SERVING, 0 NOT_SERVING, -1 unknown or not checked",
+            m.app_serving.clone(),
         );
         r.register(
             "control_plane_connected",

@@ -30,7 +30,7 @@ use tokio::{
 };
 use weft_mesh::{Endpoint, MeshFile, Service, ServiceName, WorkloadName};
 
-use self::replica::{Launch, Phase, Replica, signal, spawn_proxy};
+use self::replica::{Launch, Phase, ProxySpec, Replica, signal, spawn_proxy};
 use crate::procs::{free_addr, sibling};
 
 #[derive(Args, Debug, Clone)]
@@ -553,16 +553,15 @@ impl Up {
 
     async fn start_entry(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let admin = free_addr()?;
-        let mut child = spawn_proxy(
-            &self.proxy_bin,
-            "entry",
-            self.control.addr,
-            addr,
-            None,
+        let spec = ProxySpec {
+            name: "entry",
+            control_plane: self.control.addr,
+            outbound: addr,
+            inbound: None,
             admin,
-            &self.logs,
-            false,
-        )?;
+            health_check: false,
+        };
+        let mut child = spawn_proxy(&self.proxy_bin, &spec, &self.logs)?;
         let log = self.dirs.logs().join("entry.proxy.log");
         wait_accepting(&mut child, addr, "the entry proxy", &log)
             .await

@@ -97,13 +97,15 @@ impl Replica {
         let ports = Ports::pick()?;
         let proxy = spawn_proxy(
             l.proxy_bin,
-            &name,
-            l.control_plane,
-            ports.outbound,
-            Some((ports.inbound, ports.app)),
-            ports.admin,
+            &ProxySpec {
+                name: &name,
+                control_plane: l.control_plane,
+                outbound: ports.outbound,
+                inbound: Some((ports.inbound, ports.app)),
+                admin: ports.admin,
+                health_check: l.spec.ports.iter().any(|p| p.protocol == weft_mesh::Protocol::Grpc),
+            },
             l.logs,
-            l.spec.ports.iter().any(|p| p.protocol == weft_mesh::Protocol::Grpc),
         )?;
         let app = spawn_app(l, &name, &ports).inspect_err(|_| {
             signal(proxy.id(), "KILL");
@@ -172,18 +174,31 @@ fn log_file(logs: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
     Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
 }
 
-/// A weft-proxy for `name`: outbound for its app, and inbound in front of
-/// the app when `inbound` gives (inbound, app) addresses.
-pub fn spawn_proxy(
-    bin: &Path,
-    name: &str,
-    control_plane: SocketAddr,
-    outbound: SocketAddr,
-    inbound: Option<(SocketAddr, SocketAddr)>,
-    admin: SocketAddr,
-    logs: &Path,
-    health_check: bool,
-) -> anyhow::Result<Child> {
+/// A weft-proxy for a replica (or the entry).
+#[derive(Clone, Copy)]
+pub struct ProxySpec<'a> {
+    pub name: &'a str,
+    pub control_plane: SocketAddr,
+    /// Its outbound listener (the app's `WEFT_OUTBOUND`).
+    pub outbound: SocketAddr,
+    /// Its inbound listener and the app behind it; `None`: no inbound.
+    pub inbound: Option<(SocketAddr, SocketAddr)>,
+    pub admin: SocketAddr,
+    /// Whether it checks the app's grpc.health.v1 status.
+    pub health_check: bool,
+}
+
+/// Starts a weft-proxy: outbound for its app, and inbound in front of
+/// the app when the spec gives (inbound, app) addresses.
+pub fn spawn_proxy(bin: &Path, spec: &ProxySpec<'_>, logs: &Path) -> anyhow::Result<Child> {
+    let ProxySpec {
+        name,
+        control_plane,
+        outbound,
+        inbound,
+        admin,
+        health_check,
+    } = *spec;
     let (out, err) = log_file(logs, &format!("{name}.proxy.log"))?;
     let mut cmd = Command::new(bin);
     if health_check {

@@ -505,7 +505,7 @@ impl Up {
             let identity = w.identity.clone().unwrap_or_else(|| name.to_string());
             run.replicas
                 .values()
-                .filter(|r| r.phase == Phase::Ready && r.serving)
+                .filter(|r| r.in_service())
                 .map(|r| Endpoint {
                     address: r.ports.inbound,
                     name: Some(r.name.clone()),
@@ -620,11 +620,7 @@ impl Up {
             "WORKLOAD", "READY", "RESTARTS", "SERVICE", "REPLICAS"
         );
         for (name, w) in &self.workloads {
-            let ready = w
-                .replicas
-                .values()
-                .filter(|r| r.phase == Phase::Ready && r.serving)
-                .count();
+            let ready = w.replicas.values().filter(|r| r.in_service()).count();
             let restarts: u32 = w.replicas.values().map(|r| r.restarts).sum();
             let service = w
                 .spec
@@ -635,14 +631,7 @@ impl Up {
             let replicas: Vec<String> = w
                 .replicas
                 .values()
-                .map(|r| {
-                    let label = if r.phase == Phase::Ready && !r.serving {
-                        "not serving"
-                    } else {
-                        r.phase.label()
-                    };
-                    format!("{} {label}", r.name)
-                })
+                .map(|r| format!("{} {}", r.name, r.label()))
                 .collect();
             s.push_str(&format!(
                 "{:<20} {:>7} {:>9}  {:<26} {}\n",
@@ -698,13 +687,8 @@ impl Up {
             .flat_map(|(name, w)| {
                 w.replicas.values().map(move |r| {
                     let (app, proxy) = r.pids();
-                    let phase = if r.phase == Phase::Ready && !r.serving {
-                        "not serving"
-                    } else {
-                        r.phase.label()
-                    };
                     serde_json::json!({
-                        "workload": name.as_str(), "name": r.name, "phase": phase,
+                        "workload": name.as_str(), "name": r.name, "phase": r.label(),
                         "restarts": r.restarts, "pid": app, "proxy_pid": proxy,
                         "app": r.ports.app.to_string(), "inbound": r.ports.inbound.to_string(),
                         "outbound": r.ports.outbound.to_string(), "admin": r.ports.admin.to_string(),

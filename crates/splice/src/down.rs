@@ -93,6 +93,21 @@ struct Replay {
     trailers: Option<Vec<Field>>,
 }
 
+impl Replay {
+    /// The request again, for another endpoint: everything the client sent
+    /// so far; the rest follows to wherever it goes now.
+    fn reopen(&self, key: StreamKey, reply: DownTx, end: bool) -> Box<Open> {
+        Box::new(Open {
+            key,
+            reply,
+            head: self.head.clone(),
+            body: self.body.clone(),
+            trailers: self.trailers.clone(),
+            end,
+        })
+    }
+}
+
 /// A request to the layer above and what it answered.
 struct Exchange<D: Dispatch> {
     call: D::Call,

@@ -91,6 +91,20 @@ pub struct Launch<'a> {
 pub const PROXY_GRACE: Duration = Duration::from_secs(5);
 
 impl Replica {
+    /// An endpoint now: ready, and its app says it is serving.
+    pub fn in_service(&self) -> bool {
+        self.phase == Phase::Ready && self.serving
+    }
+
+    /// Its state for the table and state.json.
+    pub fn label(&self) -> &'static str {
+        if self.phase == Phase::Ready && !self.serving {
+            "not serving"
+        } else {
+            self.phase.label()
+        }
+    }
+
     /// Starts the proxy, then the app.
     pub fn start(l: &Launch<'_>) -> anyhow::Result<Replica> {
         let name = format!("{}-{}", l.workload, l.index);

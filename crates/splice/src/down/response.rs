@@ -4,7 +4,7 @@
 
 use super::{Down, Out, Upstream};
 use crate::{
-    CREDIT_BATCH, Dispatch, End, Failure, Field, Open, ToDown, ToUp,
+    CREDIT_BATCH, Dispatch, End, Failure, Field, ToDown, ToUp,
     frame::{self, code},
     grpc, is_connection_specific,
 };
@@ -76,15 +76,7 @@ impl<D: Dispatch> Down<D> {
                 .collect();
             head.push(Field::new("grpc-previous-rpc-attempts", attempts.to_string()));
             r.head = head.into();
-            let open = Box::new(Open {
-                key: s.key,
-                reply: self.tx.clone(),
-                head: r.head.clone(),
-                body: r.body.clone(),
-                trailers: r.trailers.clone(),
-                end: s.client_done,
-            });
-            s.up = Upstream::Waiting(open);
+            s.up = Upstream::Waiting(r.reopen(s.key, self.tx.clone(), s.client_done));
             self.dispatch_stream(stream, None);
             return;
         }
@@ -135,17 +127,7 @@ impl<D: Dispatch> Down<D> {
         s.x.pick = None;
         match &s.replay {
             Some(r) if !s.head_sent && self.dispatch.resend(&mut s.x.call) => {
-                // Everything the client sent so far; the rest follows to
-                // wherever the request goes now.
-                let open = Box::new(Open {
-                    key: s.key,
-                    reply: self.tx.clone(),
-                    head: r.head.clone(),
-                    body: r.body.clone(),
-                    trailers: r.trailers.clone(),
-                    end: s.client_done,
-                });
-                s.up = Upstream::Waiting(open);
+                s.up = Upstream::Waiting(r.reopen(s.key, self.tx.clone(), s.client_done));
                 self.dispatch_stream(stream, None);
             }
             _ => {

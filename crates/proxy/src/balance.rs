@@ -28,8 +28,8 @@ use tokio::{
     time::Instant,
 };
 
-pub(crate) use load::InFlight;
-use load::{Candidate, nanos};
+use load::nanos;
+pub(crate) use load::{Candidate, InFlight};
 use weft_balance::{Gate, Picker, RetryBudget};
 
 use crate::{
@@ -278,8 +278,8 @@ impl Balancer {
 
     /// Picks an endpoint now if one is ready: `Some(Ok)`, or `Some(Err)` when
     /// the request must fail at once; `None` when it should wait (see [`Balancer::pick`]).
-    pub(crate) fn pick_now(&self) -> Option<Result<InFlight, ProxyError>> {
-        match self.try_pick() {
+    pub(crate) fn pick_now(&self, avoid: Option<&Arc<Candidate>>) -> Option<Result<InFlight, ProxyError>> {
+        match self.try_pick(avoid) {
             Ok(ep) => Some(Ok(ep)),
             Err(Wait::Fail(e)) => Some(Err(e)),
             Err(Wait::Retry(_)) => None,
@@ -287,19 +287,20 @@ impl Balancer {
     }
 
     /// Picks an endpoint for a request, waiting until `deadline` for one to
-    /// become ready.
-    pub(crate) async fn pick(&self, deadline: Instant) -> Result<InFlight, ProxyError> {
+    /// become ready; not `avoid` (a retry's failed endpoint) while another
+    /// is ready.
+    pub(crate) async fn pick(&self, deadline: Instant, avoid: Option<&Arc<Candidate>>) -> Result<InFlight, ProxyError> {
         let start = Instant::now();
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_pick() {
+            match self.try_pick(avoid) {
                 Ok(ep) => return Ok(ep),
                 Err(Wait::Fail(e)) => return Err(e),
                 Err(Wait::Retry(_)) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return match self.try_pick() {
+                        return match self.try_pick(avoid) {
                             Ok(ep) => Ok(ep),
                             Err(Wait::Fail(e)) => Err(e),
                             Err(Wait::Retry(why)) => Err(self.unavailable(why, start.elapsed())),
@@ -325,7 +326,7 @@ impl Balancer {
         }
     }
 
-    fn try_pick(&self) -> Result<InFlight, Wait> {
+    fn try_pick(&self, avoid: Option<&Arc<Candidate>>) -> Result<InFlight, Wait> {
         let mut st = lock(&self.state);
         match &st.known {
             Known::Pending(reason) => return Err(Wait::Retry(Unready::Pending(reason.clone()))),
@@ -339,7 +340,24 @@ impl Balancer {
         }
         let now = nanos(self.epoch, Instant::now());
         let State { candidates, picker, .. } = &mut *st;
-        match picker.pick(self.params.algorithm(), candidates, now) {
+        let mut chosen = picker.pick(self.params.algorithm(), candidates, now);
+        // A retry goes elsewhere when it can: a few more draws (the picker's
+        // own choice among the others), else a scan for any other ready one.
+        if let (Some(a), Some(i)) = (avoid, chosen)
+            && candidates.len() > 1
+            && Arc::ptr_eq(&candidates[i], a)
+        {
+            let other = (0..2)
+                .filter_map(|_| picker.pick(self.params.algorithm(), candidates, now))
+                .find(|j| !Arc::ptr_eq(&candidates[*j], a))
+                .or_else(|| {
+                    let ready =
+                        |c: &Arc<Candidate>| !Arc::ptr_eq(c, a) && c.endpoint.is_ready() && c.load.available(now);
+                    candidates.iter().position(ready)
+                });
+            chosen = other.or(chosen);
+        }
+        match chosen {
             Some(i) => Ok(InFlight::start(&candidates[i])),
             None => Err(Wait::Retry(Unready::NotReady(describe_unready(candidates)))),
         }

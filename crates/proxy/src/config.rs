@@ -145,6 +145,12 @@ pub struct Config {
     #[arg(long, env = "WEFT_FAIL_FAST_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub fail_fast_timeout: Duration,
 
+    /// The same on the inbound side, where the one endpoint is the local
+    /// app: when it refuses connections (it crashed, or is restarting),
+    /// callers' proxies are better off trying another replica soon.
+    #[arg(long, env = "WEFT_INBOUND_FAIL_FAST_TIMEOUT", default_value = "250ms", value_parser = parse_duration)]
+    pub inbound_fail_fast_timeout: Duration,
+
     /// TCP connect timeout towards endpoints and the local app.
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -166,6 +172,18 @@ pub struct Config {
     /// disconnected with GOAWAY ENHANCE_YOUR_CALM). HTTP/2. Units: B, KiB, MiB.
     #[arg(long, env = "WEFT_CONNECTION_BUFFER_LIMIT", default_value = "8MiB", value_parser = parse_bytes)]
     pub connection_buffer_limit: usize,
+
+    /// A request is kept, to be sent again (as a retry, or elsewhere when an
+    /// endpoint never processed it), while its body is at most this size;
+    /// a bigger one is never retried. HTTP/2 (splice engine). Linkerd's is 64 KiB.
+    #[arg(long, env = "WEFT_RETRY_BUFFER_PER_REQUEST", default_value = "256KiB", value_parser = parse_bytes)]
+    pub retry_buffer_per_request: usize,
+
+    /// What the kept requests of one client connection may hold in all;
+    /// beyond, a new request is simply not kept (so not retried): a client
+    /// cannot make the proxy hold more than this for retries.
+    #[arg(long, env = "WEFT_RETRY_BUFFER_PER_CONNECTION", default_value = "4MiB", value_parser = parse_bytes)]
+    pub retry_buffer_per_connection: usize,
 
     /// Control frames (RST_STREAM, PING, SETTINGS, PRIORITY, empty DATA,
     /// refused streams) an HTTP/2 client may send in a burst; the allowance
@@ -347,10 +365,13 @@ impl Config {
             "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,
             "opaque_ports": self.opaque_ports.0.iter().collect::<Vec<_>>(),
             "fail_fast_timeout_ms": self.fail_fast_timeout.as_secs_f64() * 1e3,
+            "inbound_fail_fast_timeout_ms": self.inbound_fail_fast_timeout.as_secs_f64() * 1e3,
             "connect_timeout_ms": self.connect_timeout.as_secs_f64() * 1e3,
             "max_concurrent_streams": self.max_concurrent_streams,
             "max_header_bytes": self.max_header_bytes,
             "connection_buffer_limit": self.connection_buffer_limit,
+            "retry_buffer_per_request": self.retry_buffer_per_request,
+            "retry_buffer_per_connection": self.retry_buffer_per_connection,
             "max_control_frames": self.max_control_frames,
             "keepalive_interval": self.keepalive_interval.to_string(),
             "keepalive_timeout_ms": self.keepalive_timeout.as_secs_f64() * 1e3,

@@ -71,6 +71,8 @@ impl ProxyError {
             ProxyError::DeadlineExceeded(_) => code::DEADLINE_EXCEEDED,
             ProxyError::UpstreamReset { reason, .. } => match *reason {
                 h2::Reason::CANCEL => code::CANCELLED,
+                // The endpoint's connection broke under the request.
+                h2::Reason::CONNECT_ERROR => code::UNAVAILABLE,
                 h2::Reason::REFUSED_STREAM => code::UNAVAILABLE,
                 h2::Reason::ENHANCE_YOUR_CALM => code::RESOURCE_EXHAUSTED,
                 _ => code::INTERNAL,

@@ -38,7 +38,7 @@ pub(crate) use classify::Outcome;
 pub(crate) use memo::Memo;
 
 use crate::{
-    balance::{Balancer, InFlight},
+    balance::{Balancer, Candidate, InFlight},
     core::ConnMeta,
     error::ProxyError,
     route::Router,
@@ -129,6 +129,8 @@ pub(crate) struct Call {
     _permit: Option<Permit>,
     /// Retries of retryable answers so far.
     retries: u8,
+    /// The endpoint that failed the last attempt: a retry goes elsewhere.
+    avoid: Option<Arc<Candidate>>,
 }
 
 impl Call {
@@ -203,6 +205,7 @@ impl RequestPath {
         Ok(Call {
             _permit: permit,
             retries: 0,
+            avoid: None,
             balancer,
             route,
             start,
@@ -233,7 +236,7 @@ impl RequestPath {
 
     /// An endpoint for the call if one is ready now; `None`: wait with [`RequestPath::pick`].
     pub(crate) fn pick_now(&self, call: &Call) -> Option<Result<InFlight, ProxyError>> {
-        call.balancer.pick_now()
+        call.balancer.pick_now(call.avoid.as_ref())
     }
 
     /// Waits for an endpoint, until the fail-fast timeout or the call's
@@ -244,7 +247,8 @@ impl RequestPath {
         if let Some((d, _)) = call.deadline {
             until = until.min(d);
         }
-        async move { balancer.pick(until).await }
+        let avoid = call.avoid.clone();
+        async move { balancer.pick(until, avoid.as_ref()).await }
     }
 
     /// The response head arrived for a request sent at `sent`: the
@@ -310,6 +314,7 @@ impl RequestPath {
         }
         if let Some(p) = pick {
             p.answered(&call.route.baseline, sent, classify::fails_endpoint(call, grpc_status));
+            call.avoid = Some(p.candidate());
         }
         call.retries += 1;
         Some(u32::from(call.retries))

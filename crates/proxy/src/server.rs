@@ -83,6 +83,11 @@ impl ServerCtx {
         } else {
             config.retry_codes.0
         };
+        let fail_fast = if matches!(side, Side::Inbound(_)) {
+            config.inbound_fail_fast_timeout
+        } else {
+            config.fail_fast_timeout
+        };
         let limit = match (&side, config.inbound_max_concurrency) {
             (Side::Inbound(_), n) if n > 0 => Some(crate::http::Limit::new(n as usize)),
             _ => None,
@@ -92,7 +97,7 @@ impl ServerCtx {
             path: Arc::new(RequestPath::new(
                 router.clone(),
                 metrics.clone(),
-                config.fail_fast_timeout,
+                fail_fast,
                 limit,
                 retry_codes,
             )),
@@ -102,7 +107,7 @@ impl ServerCtx {
                 timeout: config.detect_timeout,
                 opaque_ports: config.opaque_ports.clone(),
             },
-            fail_fast: config.fail_fast_timeout,
+            fail_fast,
             hyper: HyperServer::new(
                 config.max_concurrent_streams,
                 config.max_header_bytes,
@@ -114,6 +119,8 @@ impl ServerCtx {
                 max_buffered: config.connection_buffer_limit,
                 max_control_frames: config.max_control_frames,
                 timeouts: timeouts(config, config.idle_timeout.0),
+                replay_per_request: config.retry_buffer_per_request,
+                replay_per_connection: config.retry_buffer_per_connection,
             }),
             sockets: SocketOptions::from_config(config),
             admission: Admission::new(config.max_connections as usize, per_client),

@@ -37,7 +37,7 @@ where
     let mut attempts = 0;
     let (in_flight, mut upstream) = loop {
         attempts += 1;
-        let in_flight = match balancer.pick(until).await {
+        let in_flight = match balancer.pick(until, None).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::info!(peer = %conn.peer, error = %e, "opaque connection refused");

@@ -24,7 +24,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
@@ -60,6 +60,12 @@ pub struct Limits {
     pub max_control_frames: u32,
     /// Keepalive, idle and header-block timeouts.
     pub timeouts: Timeouts,
+    /// A request is kept for sending again (to another endpoint, or as a
+    /// retry) while its body is at most this many bytes ...
+    pub replay_per_request: usize,
+    /// ... and while the connection's kept requests hold at most this many
+    /// in all (beyond, a request is simply not kept: it is not retried).
+    pub replay_per_connection: usize,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -91,6 +97,14 @@ struct Replay {
     body: Vec<Bytes>,
     size: usize,
     trailers: Option<Vec<Field>>,
+    /// The connection's Σ `size` over its kept requests.
+    pool: Arc<AtomicUsize>,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.size, Ordering::Relaxed);
+    }
 }
 
 impl Replay {
@@ -158,7 +172,15 @@ impl<D: Dispatch> Stream<D> {
     /// A new stream whose request (so far: its head, and all of it when
     /// `end`) waits for an endpoint; `send_window` is the client's initial
     /// stream window.
-    fn new(key: StreamKey, reply: DownTx, head: Arc<[Field]>, end: bool, send_window: u32, x: Exchange<D>) -> Self {
+    fn new(
+        key: StreamKey,
+        reply: DownTx,
+        head: Arc<[Field]>,
+        end: bool,
+        send_window: u32,
+        x: Exchange<D>,
+        pool: Arc<AtomicUsize>,
+    ) -> Self {
         let open = Box::new(Open {
             key,
             reply,
@@ -175,6 +197,7 @@ impl<D: Dispatch> Stream<D> {
                 body: Vec::new(),
                 size: 0,
                 trailers: None,
+                pool,
             }),
             client_done: end,
             recv_window: i64::from(crate::STREAM_WINDOW),
@@ -221,6 +244,8 @@ struct Down<D: Dispatch> {
     /// Σ `out_bytes` and Σ `held` over the streams.
     resp_buffered: usize,
     req_buffered: usize,
+    /// Σ body bytes of the requests kept for sending again.
+    replay_held: Arc<AtomicUsize>,
     allowance: Allowance,
     liveness: Liveness,
     scratch: Vec<Field>,
@@ -266,6 +291,7 @@ pub async fn serve<D: Dispatch>(
         blocked: VecDeque::new(),
         resp_buffered: 0,
         req_buffered: 0,
+        replay_held: Arc::new(AtomicUsize::new(0)),
         allowance: Allowance::new(limits.max_control_frames),
         liveness: Liveness::new(limits.timeouts),
         scratch: Vec::new(),
@@ -536,10 +562,14 @@ impl<D: Dispatch> Down<D> {
             self.req_buffered += data.len();
         }
         if let Some(r) = s.replay.as_mut() {
-            r.size += data.len();
-            if r.size > request::REPLAY_LIMIT {
+            let n = data.len();
+            if r.size + n > self.limits.replay_per_request
+                || self.replay_held.load(Ordering::Relaxed) + n > self.limits.replay_per_connection
+            {
                 s.replay = None;
-            } else if !data.is_empty() {
+            } else if n > 0 {
+                r.size += n;
+                r.pool.fetch_add(n, Ordering::Relaxed);
                 r.body.push(data.clone());
             }
         }

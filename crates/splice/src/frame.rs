@@ -46,6 +46,10 @@ pub mod code {
     pub const REFUSED_STREAM: u32 = 0x7;
     pub const CANCEL: u32 = 0x8;
     pub const COMPRESSION_ERROR: u32 = 0x9;
+    /// Used inside weft (never sent) for "the endpoint's connection broke
+    /// under the stream", which gRPC calls UNAVAILABLE: RFC 9113 gives it to
+    /// a CONNECT tunnel "reset or abnormally closed".
+    pub const CONNECT_ERROR: u32 = 0xa;
     pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 }
 

@@ -448,9 +448,11 @@ impl Up {
     fn close(&mut self, why: String) {
         for (_, s) in self.streams.drain() {
             let detail = format!("endpoint {}: {why}", self.addr);
+            // Not the endpoint cancelling: its connection is gone (gRPC:
+            // UNAVAILABLE before the answer began).
             let _ = s.reply.send(ToDown::Reset {
                 stream: s.key.stream,
-                code: code::CANCEL,
+                code: code::CONNECT_ERROR,
                 detail,
             });
         }
@@ -474,6 +476,7 @@ pub fn reason(code: u32) -> &'static str {
         code::FRAME_SIZE_ERROR => "FRAME_SIZE_ERROR",
         code::REFUSED_STREAM => "REFUSED_STREAM",
         code::CANCEL => "CANCEL",
+        code::CONNECT_ERROR => "connection lost",
         code::COMPRESSION_ERROR => "COMPRESSION_ERROR",
         code::ENHANCE_YOUR_CALM => "ENHANCE_YOUR_CALM",
         _ => "error",

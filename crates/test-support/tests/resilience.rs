@@ -222,11 +222,28 @@ async fn a_request_too_big_to_keep_is_not_retried_and_attempts_are_capped() {
     assert_eq!(err.code(), tonic::Code::Unavailable);
     let m = proxy.metrics().await;
     assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (2.0, 1.0), "{m}");
-    // 100 KiB: more than the proxy keeps (64 KiB), so never retried.
+    // 100 KiB: more than Linkerd keeps (64 KiB), within weft's 256 KiB: retried.
     let err = client.unary_call(failing(100 << 10)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     let m = proxy.metrics().await;
-    assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (2.0, 1.0), "{m}");
+    assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (4.0, 2.0), "{m}");
+    // 300 KiB: more than the proxy keeps, so never retried.
+    let err = client.unary_call(failing(300 << 10)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let m = proxy.metrics().await;
+    assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (4.0, 2.0), "{m}");
+
+    // The connection's bound: with 64 KiB for all its kept requests, 100 KiB
+    let tight = TestProxy::with_discovery(&disc, &["--retry-buffer-per-connection", "64KiB"]).await;
+    let mut client = TestServiceClient::new(tight.channel(SVC).await).max_decoding_message_size(1 << 22);
+    // is not kept either; 40 KiB is, again and again (what a finished
+    // request kept is given back).
+    for body in [40 << 10, 40 << 10, 100 << 10] {
+        let err = client.unary_call(failing(body)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+    }
+    let m = tight.metrics().await;
+    assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (4.0, 2.0), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,10 @@ pub struct Launch<'a> {
 /// How long a stopping proxy may take to finish its in-flight requests.
 pub const PROXY_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the surviving half of a replica whose other half exited may take
+/// to stop (weft up's supervision waits meanwhile, so it is short).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 impl Replica {
     /// An endpoint now: ready, and its app says it is serving.
     pub fn in_service(&self) -> bool {
@@ -148,11 +152,16 @@ impl Replica {
         None
     }
 
-    /// Kills whatever still runs (after a crash of the other half).
+    /// Stops whatever still runs (after the other half exited): SIGTERM
+    /// first, so that a proxy finishes what it has in flight (its callers
+    /// are told to go elsewhere), then SIGKILL after [`STOP_GRACE`].
     pub async fn kill(&mut self) {
         for child in [&mut self.app, &mut self.proxy] {
             if let Some(mut c) = child.take() {
-                let _ = c.kill().await;
+                signal(c.id(), "TERM");
+                if tokio::time::timeout(STOP_GRACE, c.wait()).await.is_err() {
+                    let _ = c.kill().await;
+                }
             }
         }
     }

@@ -70,7 +70,9 @@ fn balancer(proto: Proto, ports: &[u16]) -> Arc<Balancer> {
 }
 
 fn picked(b: &Balancer) -> InFlight {
-    b.pick_now().expect("an endpoint is ready").expect("the pick succeeds")
+    b.pick_now(None)
+        .expect("an endpoint is ready")
+        .expect("the pick succeeds")
 }
 
 fn name(p: &InFlight) -> String {
@@ -165,9 +167,12 @@ async fn with_every_endpoint_unreachable_a_request_waits_then_fails_saying_why()
         l.local_addr().unwrap().port()
     };
     let b = balancer(Proto::Http2, &[closed]);
-    assert!(b.pick_now().is_none(), "no endpoint is ready: the request must wait");
+    assert!(
+        b.pick_now(None).is_none(),
+        "no endpoint is ready: the request must wait"
+    );
     let start = Instant::now();
-    let err = b.pick(start + Duration::from_millis(300)).await.unwrap_err();
+    let err = b.pick(start + Duration::from_millis(300), None).await.unwrap_err();
     assert!(
         start.elapsed() >= Duration::from_millis(300),
         "it waited until its deadline"
@@ -184,10 +189,10 @@ async fn with_every_endpoint_unreachable_a_request_waits_then_fails_saying_why()
 #[tokio::test]
 async fn a_waiting_request_takes_an_endpoint_as_soon_as_one_appears() {
     let b = balancer(Proto::Http1, &[]);
-    assert!(b.pick_now().is_none());
+    assert!(b.pick_now(None).is_none());
     let waiter = {
         let b = b.clone();
-        tokio::spawn(async move { b.pick(Instant::now() + Duration::from_secs(30)).await })
+        tokio::spawn(async move { b.pick(Instant::now() + Duration::from_secs(30), None).await })
     };
     b.apply(endpoints(&[7]));
     let p = tokio::time::timeout(Duration::from_secs(5), waiter)
@@ -202,7 +207,7 @@ async fn a_waiting_request_takes_an_endpoint_as_soon_as_one_appears() {
 async fn unknown_services_fail_at_once_and_pending_discovery_says_why() {
     let b = balancer(Proto::Http1, &[1]);
     b.apply(Resolution::Unknown);
-    assert!(matches!(b.pick_now(), Some(Err(ProxyError::UnknownService(_)))));
+    assert!(matches!(b.pick_now(None), Some(Err(ProxyError::UnknownService(_)))));
 
     let pending = Balancer::discovered(
         Authority::parse("svc:80", None).unwrap(),
@@ -212,8 +217,28 @@ async fn unknown_services_fail_at_once_and_pending_discovery_says_why() {
         client(),
     );
     let err = pending
-        .pick(Instant::now() + Duration::from_millis(50))
+        .pick(Instant::now() + Duration::from_millis(50), None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("the mesh file is missing"), "{err}");
+}
+
+#[tokio::test]
+async fn a_retry_goes_to_another_endpoint_when_one_is_ready() {
+    let b = balancer(Proto::Http1, &[1, 2]);
+    let failed = picked(&b);
+    let avoid = failed.candidate().clone();
+    for _ in 0..1_000 {
+        let p = b.pick_now(Some(&avoid)).expect("ready").expect("picked");
+        assert_ne!(
+            name(&p),
+            name(&failed),
+            "a retry went back to the endpoint that failed it"
+        );
+    }
+    // With only that endpoint, the retry goes there (better than failing).
+    let one = balancer(Proto::Http1, &[1]);
+    let failed = picked(&one);
+    let again = one.pick_now(Some(&failed.candidate())).expect("ready").expect("picked");
+    assert_eq!(name(&again), name(&failed));
 }

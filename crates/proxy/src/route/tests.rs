@@ -139,7 +139,7 @@ async fn idle_balancers_are_evicted_unless_requests_are_in_flight() {
     let idle_dest = Dest::Addr(addr("127.0.0.1:2"));
     let busy = r.balancer(&busy_dest, Proto::Http1);
     let idle = r.balancer(&idle_dest, Proto::Http1);
-    let held = busy.pick_now().expect("ready").expect("picked");
+    let held = busy.pick_now(None).expect("ready").expect("picked");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(idle.is_closed(), "an idle balancer is dropped");
     assert!(!busy.is_closed(), "a balancer with a request in flight is kept");

@@ -13,8 +13,6 @@ use crate::{
     grpc, headers, is_connection_specific, wire,
 };
 
-/// A request is kept for sending elsewhere only up to this size.
-pub(super) const REPLAY_LIMIT: usize = 64 << 10;
 /// Decoded header lists are kept in a reused buffer of up to this many
 /// fields; a bigger one is released after use.
 const SCRATCH_KEPT: usize = 128;
@@ -177,7 +175,15 @@ impl<D: Dispatch> Down<D> {
             sent: start,
             deadline,
         };
-        let mut stream = Stream::new(key, self.tx.clone(), head, end, self.wire.peer.initial_window_size, x);
+        let mut stream = Stream::new(
+            key,
+            self.tx.clone(),
+            head,
+            end,
+            self.wire.peer.initial_window_size,
+            x,
+            self.replay_held.clone(),
+        );
         stream.body = body;
         self.streams.insert(id, stream);
         self.dispatch_stream(id, None);

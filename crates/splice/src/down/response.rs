@@ -59,27 +59,10 @@ impl<D: Dispatch> Down<D> {
         // A trailers-only failure of a request kept whole and complete (so
         // that the endpoint's stream is closed both ways), nothing of it
         // sent to the client yet: the layer above may send it again instead.
-        if end
-            && s.x.grpc
-            && !s.head_sent
-            && s.client_done
-            && s.replay.is_some()
-            && let Some(attempts) = self.dispatch.retry(&mut s.x.call, s.x.pick.as_ref(), s.x.sent, &fields)
-            && let Some(r) = s.replay.as_mut()
-        {
-            s.x.pick = None;
-            let mut head: Vec<Field> = r
-                .head
-                .iter()
-                .filter(|f| f.name.as_ref() != b"grpc-previous-rpc-attempts")
-                .cloned()
-                .collect();
-            head.push(Field::new("grpc-previous-rpc-attempts", attempts.to_string()));
-            r.head = head.into();
-            s.up = Upstream::Waiting(r.reopen(s.key, self.tx.clone(), s.client_done));
-            self.dispatch_stream(stream, None);
+        if end && self.try_again(stream, &fields) {
             return;
         }
+        let Some(s) = self.streams.get_mut(&stream) else { return };
         self.dispatch
             .responded(&mut s.x.call, s.x.pick.as_ref(), s.x.sent, &fields);
         s.head_sent = true;
@@ -93,8 +76,50 @@ impl<D: Dispatch> Down<D> {
         }
     }
 
+    /// A gRPC failure of a request kept whole and complete (so that the
+    /// endpoint's stream is closed both ways), nothing of it sent to the
+    /// client yet: the layer above may send it again instead (`head` is the
+    /// trailers-only answer). True when it went again.
+    fn try_again(&mut self, stream: u32, head: &[Field]) -> bool {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return false;
+        };
+        if !(s.x.grpc && !s.head_sent && s.client_done) {
+            return false;
+        }
+        let Some(r) = s.replay.as_mut() else { return false };
+        let Some(attempts) = self.dispatch.retry(&mut s.x.call, s.x.pick.as_ref(), s.x.sent, head) else {
+            return false;
+        };
+        s.x.pick = None;
+        let mut again: Vec<Field> = r
+            .head
+            .iter()
+            .filter(|f| f.name.as_ref() != b"grpc-previous-rpc-attempts")
+            .cloned()
+            .collect();
+        again.push(Field::new("grpc-previous-rpc-attempts", attempts.to_string()));
+        r.head = again.into();
+        s.up = Upstream::Waiting(r.reopen(s.key, self.tx.clone(), s.client_done));
+        self.dispatch_stream(stream, None);
+        true
+    }
+
     /// The endpoint reset the stream (or its connection ended under it).
     fn on_upstream_reset(&mut self, stream: u32, reason: u32, detail: String) {
+        // The endpoint's connection broke before it answered: for gRPC that
+        // is UNAVAILABLE, retried like an UNAVAILABLE answer.
+        if reason == code::CONNECT_ERROR
+            && self.try_again(
+                stream,
+                &[
+                    Field::new("grpc-status", "14"),
+                    Field::new("grpc-message", detail.clone()),
+                ],
+            )
+        {
+            return;
+        }
         let Some(s) = self.streams.get_mut(&stream) else { return };
         s.up = Upstream::Detached;
         if !s.head_sent {
@@ -107,7 +132,11 @@ impl<D: Dispatch> Down<D> {
         frame::put_rst(
             &mut self.wire.wbuf,
             stream,
-            if reason == code::NO_ERROR { code::CANCEL } else { reason },
+            if reason == code::NO_ERROR || reason == code::CONNECT_ERROR {
+                code::CANCEL
+            } else {
+                reason
+            },
         );
         if let Some(s) = self.take_stream(stream) {
             let grpc_code = if reason == code::CANCEL {

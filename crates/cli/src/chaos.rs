@@ -488,6 +488,20 @@ fn judge(fault: Fault, calls: &[Call], t0: Instant, t1: Instant, warm: Duration,
     // A call in flight when the fault began may have been with the broken
     // replica already: nothing can save it. Calls started after could be.
     let unsavable = failed.iter().filter(|c| c.start < t0).count();
+    if std::env::var_os("WEFT_CHAOS_VERBOSE").is_some() {
+        for c in &failed {
+            let at = |t: Instant| {
+                t.checked_duration_since(t0)
+                    .map_or_else(|| -(t0 - t).as_secs_f64(), |d| d.as_secs_f64())
+            };
+            eprintln!(
+                "[chaos]     failed: sent {:+.3} s, ended {:+.3} s: {:?}",
+                at(c.start),
+                at(c.end),
+                c.host
+            );
+        }
+    }
     let savable = failed.len() - unsavable;
     let recover_s = failed
         .iter()
@@ -590,7 +604,7 @@ fn write_report(args: &Args, rows: &[Row], started: &str) -> anyhow::Result<()> 
             r.detail
         ));
     }
-    s.push_str("\n\"Recovered after\": from the fault's start to the end of the last failed call (0: none failed). Not here yet: a rolling restart with SIGTERM, a black hole made with iptables DROP in a network namespace (SIGSTOP stands for it: accepted and silent), certificate rotation (after the mTLS issue).\n");
+    s.push_str("\n\"Recovered after\": from the fault's start to the end of the last failed call (0: none failed). A black-holed replica's failures are the calls it held before it was ejected and its probes (after 1 s, 2 s, 4 s, ... 30 s; each waits for its 1 s deadline). Not here yet: certificate rotation every 10 s (after the mTLS issue).\n");
     if let Some(dir) = args.out.parent()
         && !dir.as_os_str().is_empty()
     {

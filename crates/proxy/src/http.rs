@@ -323,6 +323,17 @@ impl RequestPath {
     /// The exchange is over: its outcome is counted, a failure is charged
     /// to the endpoint, and the endpoint's pick released.
     pub(crate) fn finish(&self, call: Call, pick: Option<InFlight>, outcome: Outcome) {
+        // A client that gives up as its own deadline passes (its timer runs
+        // a little ahead of ours: it started before the request left) timed
+        // the endpoint out: charged as the deadline, not a free cancellation.
+        let outcome = match (outcome, call.deadline) {
+            (Outcome::Cancelled, Some((at, budget)))
+                if Instant::now() + (budget / 20).min(Duration::from_millis(50)) >= at =>
+            {
+                Outcome::DeadlineExceeded
+            }
+            (o, _) => o,
+        };
         if let Some(p) = &pick
             && classify::failed_after_head(&call, outcome)
         {

@@ -90,6 +90,40 @@ async fn a_failing_replica_is_ejected_probed_and_back_when_it_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_answers_is_ejected_when_clients_give_up_at_their_deadline() {
+    // Clients whose timers fire just before the proxy's own deadline (as
+    // every gRPC client's does: it started before the request left) cancel
+    // their calls: that times the endpoint out, it is not a free cancellation.
+    let reps = replicas(3).await;
+    reps[2].service.set_behavior(Behavior {
+        delay_ms: 60_000,
+        ..Default::default()
+    });
+    let disc = discovery(&reps);
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+    let client = weft_api::square::square_client::SquareClient::new(proxy.channel(SVC).await);
+    let t = Instant::now();
+    let proxy = &proxy;
+    eventually("square-2 to be ejected", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            let calls = (0..10).map(|i| {
+                let mut c = client.clone();
+                async move {
+                    let mut req = tonic::Request::new(weft_api::square::Input { value: i });
+                    req.set_timeout(Duration::from_millis(200));
+                    let _ = tokio::time::timeout(Duration::from_millis(195), c.square(req)).await;
+                }
+            });
+            futures_util::future::join_all(calls).await;
+            (ejected(proxy, "square-2").await == 1.0).then_some(())
+        }
+    })
+    .await;
+    eprintln!("ejected after {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panic_threshold_keeps_failing_replicas_in_when_most_fail() {
     let reps = replicas(3).await;
     for r in &reps {

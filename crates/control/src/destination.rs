@@ -103,12 +103,17 @@ fn snapshot(svc: &ServiceEndpoints) -> pb::Update {
     pb::Update {
         kind: Some(pb::update::Kind::Snapshot(pb::Snapshot {
             endpoints: svc.endpoints.values().map(to_pb).collect(),
+            routes: svc.routes.iter().map(route_pb).collect(),
         })),
     }
 }
 
-/// Adds (new or changed endpoints) or removes; when both, a snapshot.
+/// Adds (new or changed endpoints) or removes; when both, or when the
+/// routes changed, a snapshot.
 fn diff(prev: &ServiceEndpoints, next: &ServiceEndpoints) -> Option<pb::Update> {
+    if prev.routes != next.routes {
+        return Some(snapshot(next));
+    }
     let added: Vec<&Endpoint> = next
         .endpoints
         .iter()
@@ -143,5 +148,14 @@ fn to_pb(e: &Endpoint) -> pb::Endpoint {
             Protocol::Opaque => pb::Protocol::Opaque,
         } as i32,
         weight: e.weight,
+    }
+}
+
+fn route_pb(r: &weft_mesh::Route) -> pb::Route {
+    pb::Route {
+        path: r.path.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+        retry_codes_set: r.retry_codes.is_some(),
+        retry_codes: r.retry_codes.iter().flatten().map(|c| u32::from(c.0)).collect(),
+        timeout_ms: r.timeout.map_or(0, |t| t.0.as_millis().max(1) as u64),
     }
 }

@@ -25,6 +25,7 @@ pub struct Mesh {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ServiceEndpoints {
     pub endpoints: BTreeMap<SocketAddr, Endpoint>,
+    pub routes: Vec<weft_mesh::Route>,
 }
 
 impl Mesh {
@@ -33,8 +34,13 @@ impl Mesh {
         let mut mesh = Mesh::default();
         for (name, svc) in &file.services {
             let endpoints = svc.endpoints.iter().map(|e| (e.address, e.clone())).collect();
-            mesh.services
-                .insert(name.clone(), Arc::new(ServiceEndpoints { endpoints }));
+            mesh.services.insert(
+                name.clone(),
+                Arc::new(ServiceEndpoints {
+                    endpoints,
+                    routes: svc.routes.clone(),
+                }),
+            );
             for vip in &svc.addresses {
                 mesh.vips.insert(*vip, name.clone());
             }

@@ -100,7 +100,10 @@ mod tests {
                 .collect();
             m.services.insert(
                 ServiceName::parse(name).unwrap(),
-                Arc::new(ServiceEndpoints { endpoints }),
+                Arc::new(ServiceEndpoints {
+                    endpoints,
+                    routes: Vec::new(),
+                }),
             );
         }
         Arc::new(m)

@@ -62,6 +62,104 @@ pub struct Service {
     pub addresses: Vec<SocketAddr>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Per-route retries and timeouts (the first route that matches a
+    /// request applies).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// Which requests of a service get which retries and timeout.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `/pkg.Service/Method` (that method), `/pkg.Service/` (every method of
+    /// a gRPC service: a prefix ending in `/`), or absent: every request.
+    #[serde(default)]
+    pub path: Option<RoutePath>,
+    /// The gRPC status codes retried (UNAVAILABLE is 14); `[]`: none.
+    /// Absent: the proxy's `--retry-codes`.
+    #[serde(default)]
+    pub retry_codes: Option<Vec<RetryCode>>,
+    /// After this (`500ms`, `2s`, `1m`) the caller's proxy answers
+    /// DEADLINE_EXCEEDED and cancels the request upstream (a shorter
+    /// `grpc-timeout` wins).
+    #[serde(default)]
+    pub timeout: Option<Timeout>,
+}
+
+impl Route {
+    /// Whether the route applies to a request for `path`.
+    pub fn matches(&self, path: &str) -> bool {
+        match &self.path {
+            None => true,
+            Some(p) if p.0.ends_with('/') => path.starts_with(&p.0),
+            Some(p) => path == p.0,
+        }
+    }
+}
+
+/// A route's path: starts with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePath(pub String);
+
+impl<'de> Deserialize<'de> for RoutePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if !s.starts_with('/') || s.len() > 1024 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(de::Error::custom(format!(
+                "`{s}` is not a route path (write /pkg.Service/Method, or /pkg.Service/ for every method)"
+            )));
+        }
+        Ok(RoutePath(s))
+    }
+}
+
+/// A gRPC status code, 0–16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryCode(pub u8);
+
+impl<'de> Deserialize<'de> for RetryCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)
+            .map_err(|_| de::Error::custom("a gRPC status code is a number 0-16 (UNAVAILABLE is 14)"))?;
+        u8::try_from(n)
+            .ok()
+            .filter(|c| *c <= 16)
+            .map(RetryCode)
+            .ok_or_else(|| de::Error::custom(format!("{n} is not a gRPC status code (0-16)")))
+    }
+}
+
+/// A route's timeout: more than 0, at most an hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_timeout(&s).map(Timeout).map_err(de::Error::custom)
+    }
+}
+
+/// `250ms`, `1.5s`, `2m` as a duration (more than 0, at most an hour).
+pub fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a timeout (write 500ms, 2s or 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1e3,
+        "s" => n,
+        "m" => n * 60.0,
+        "" => return Err(format!("`{s}` needs a unit (ms, s or m)")),
+        _ => return Err(format!("`{s}`: `{unit}` is not a unit (ms, s or m)")),
+    };
+    if !(secs > 0.0 && secs <= 3600.0) {
+        return Err(format!("`{s}`: a timeout is more than 0 and at most an hour"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// One endpoint of a service.
@@ -142,6 +240,9 @@ pub struct Workload {
     /// the workload's name.
     #[serde(default)]
     pub identity: Option<String>,
+    /// Per-route retries and timeouts of the service its port makes.
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 /// A port a workload serves.
@@ -406,6 +507,7 @@ impl MeshFile {
                     Service {
                         addresses: Vec::new(),
                         endpoints: ready(name, w, port),
+                        routes: w.routes.clone(),
                     },
                 );
             }
@@ -465,6 +567,25 @@ pub fn write_services(path: &Path, services: &BTreeMap<ServiceName, Service>) ->
         if !svc.addresses.is_empty() {
             let list: Vec<String> = svc.addresses.iter().map(|a| a.to_string()).collect();
             out.push_str(&format!("    addresses: [{}]\n", list.join(", ")));
+        }
+        for (i, r) in svc.routes.iter().enumerate() {
+            if i == 0 {
+                out.push_str("    routes:\n");
+            }
+            out.push_str("      - {");
+            let mut parts = Vec::new();
+            if let Some(p) = &r.path {
+                parts.push(format!("path: {}", quote(&p.0)));
+            }
+            if let Some(codes) = &r.retry_codes {
+                let list: Vec<String> = codes.iter().map(|c| c.0.to_string()).collect();
+                parts.push(format!("retry_codes: [{}]", list.join(", ")));
+            }
+            if let Some(t) = &r.timeout {
+                parts.push(format!("timeout: {}ms", t.0.as_secs_f64() * 1e3));
+            }
+            out.push_str(&parts.join(", "));
+            out.push_str("}\n");
         }
         if svc.endpoints.is_empty() {
             out.push_str("    endpoints: []\n");

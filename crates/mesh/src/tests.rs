@@ -88,6 +88,18 @@ fn what_weft_up_writes_reads_back_the_same() {
                 protocol: Protocol::Grpc,
                 weight: 2,
             }],
+            routes: vec![
+                Route {
+                    path: Some(RoutePath("/square.Square/Square".into())),
+                    retry_codes: Some(vec![RetryCode(14), RetryCode(13)]),
+                    timeout: Some(Timeout(std::time::Duration::from_millis(250))),
+                },
+                Route {
+                    path: None,
+                    retry_codes: Some(vec![]),
+                    timeout: None,
+                },
+            ],
         },
     );
     services.insert(ServiceName::parse("empty:1").unwrap(), Service::default());
@@ -97,4 +109,30 @@ fn what_weft_up_writes_reads_back_the_same() {
     write_services(&path, &BTreeMap::new()).unwrap();
     assert!(MeshFile::read(&path).unwrap().services.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn routes_parse_match_and_say_what_is_wrong() {
+    let file = parse(
+        "services:\n  square:50051:\n    routes:\n      - path: /square.Square/Square\n        timeout: 1.5s\n      - path: /square.Square/\n        retry_codes: [14, 2]\n      - retry_codes: []\n",
+    )
+    .unwrap();
+    let routes = &file.services[&ServiceName::parse("square:50051").unwrap()].routes;
+    assert_eq!(routes.len(), 3);
+    assert_eq!(routes[0].timeout, Some(Timeout(std::time::Duration::from_millis(1500))));
+    assert!(routes[0].matches("/square.Square/Square") && !routes[0].matches("/square.Square/Other"));
+    assert!(routes[1].matches("/square.Square/Other") && !routes[1].matches("/other.Svc/M"));
+    assert!(routes[2].matches("/anything"));
+    assert_eq!(routes[2].retry_codes, Some(vec![]));
+
+    let e = err("services:\n  s:1:\n    routes:\n      - path: square.Square/Square\n");
+    assert!(e.contains("line 4") && e.contains("not a route path"), "{e}");
+    let e = err("services:\n  s:1:\n    routes:\n      - retry_codes: [17]\n");
+    assert!(e.contains("17 is not a gRPC status code"), "{e}");
+    let e = err("services:\n  s:1:\n    routes:\n      - timeout: 10\n");
+    assert!(e.contains("needs a unit"), "{e}");
+    let e = err("services:\n  s:1:\n    routes:\n      - timout: 1s\n");
+    assert!(e.contains("unknown field `timout`"), "{e}");
+    assert!(parse_timeout("0s").is_err() && parse_timeout("2h").is_err());
+    assert_eq!(parse_timeout("250ms").unwrap(), std::time::Duration::from_millis(250));
 }

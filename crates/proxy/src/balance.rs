@@ -35,7 +35,7 @@ use weft_balance::{Gate, Picker, RetryBudget};
 use crate::{
     config::Algorithm,
     core::{Authority, Proto, lock},
-    discovery::{EndpointMeta, Resolution},
+    discovery::{EndpointMeta, Resolution, Routes},
     endpoint::{ClientParams, Endpoint},
     error::ProxyError,
     telemetry::{BalancerView, EndpointView},
@@ -75,6 +75,8 @@ struct State {
     known: Known,
     candidates: Vec<Arc<Candidate>>,
     picker: Picker,
+    /// The service's routes (retries and timeout per path).
+    routes: Routes,
 }
 
 /// Balances one target's requests of one protocol over its endpoints.
@@ -124,6 +126,7 @@ impl Balancer {
                 known: Known::Pending("waiting for discovery".into()),
                 candidates: Vec::new(),
                 picker,
+                routes: Routes::default(),
             }),
             changed: Arc::new(Notify::new()),
             epoch,
@@ -145,7 +148,7 @@ impl Balancer {
         client: Arc<ClientParams>,
     ) -> Arc<Self> {
         let b = Self::new(target, proto, params, client);
-        b.apply(Resolution::Endpoints(endpoints.into()));
+        b.apply(Resolution::Endpoints(endpoints.into(), Routes::default()));
         b
     }
 
@@ -181,7 +184,8 @@ impl Balancer {
                 }
                 st.known = Known::Unknown;
             }
-            Resolution::Endpoints(metas) => {
+            Resolution::Endpoints(metas, routes) => {
+                st.routes = routes;
                 // Matched by address in one pass: O(N) for N endpoints. A
                 // new endpoint starts at the typical score (1.0), neither
                 // flooded nor starved; its first answers replace it.
@@ -284,6 +288,21 @@ impl Balancer {
             Err(Wait::Fail(e)) => Some(Err(e)),
             Err(Wait::Retry(_)) => None,
         }
+    }
+
+    /// What the service's routes say about a request for `path`: its retried
+    /// codes and its timeout, where a route says; `None` while discovery has
+    /// not answered (the routes are not known yet).
+    pub(crate) fn route(&self, path: &str) -> Option<(Option<u32>, Option<Duration>)> {
+        let st = lock(&self.state);
+        if !matches!(st.known, Known::Endpoints) {
+            return None;
+        }
+        Some(
+            st.routes
+                .find(path)
+                .map_or((None, None), |r| (r.retry_codes, r.timeout)),
+        )
     }
 
     /// Picks an endpoint for a request, waiting until `deadline` for one to

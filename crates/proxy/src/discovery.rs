@@ -8,7 +8,7 @@
 pub(crate) mod control;
 pub(crate) mod file;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
@@ -29,8 +29,59 @@ pub enum Resolution {
     Pending(Arc<str>),
     /// Discovery has no such service.
     Unknown,
-    /// The service's endpoints (possibly none).
-    Endpoints(Arc<[EndpointMeta]>),
+    /// The service's endpoints (possibly none), and its routes.
+    Endpoints(Arc<[EndpointMeta]>, Routes),
+}
+
+/// A service's routes: retries and timeout per request path, the first
+/// that matches applies (none: the proxy's defaults).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routes(pub Arc<[RoutePolicy]>);
+
+/// One route of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// Empty: every request; ending in `/`: a prefix; else the exact path.
+    pub path: Arc<str>,
+    /// The retried gRPC codes (a bit per code), when the route says.
+    pub retry_codes: Option<u32>,
+    /// When the request fails with DEADLINE_EXCEEDED, when the route says.
+    pub timeout: Option<Duration>,
+}
+
+impl RoutePolicy {
+    fn matches(&self, path: &str) -> bool {
+        self.path.is_empty()
+            || if self.path.ends_with('/') {
+                path.starts_with(&*self.path)
+            } else {
+                path == &*self.path
+            }
+    }
+}
+
+impl Routes {
+    /// The route a request for `path` takes, if any.
+    pub fn find(&self, path: &str) -> Option<&RoutePolicy> {
+        self.0.iter().find(|r| r.matches(path))
+    }
+
+    /// A mesh file's routes.
+    pub fn from_mesh(routes: &[weft_mesh::Route]) -> Self {
+        Routes(
+            routes
+                .iter()
+                .map(|r| RoutePolicy {
+                    path: r.path.as_ref().map_or("", |p| p.0.as_str()).into(),
+                    retry_codes: r
+                        .retry_codes
+                        .as_ref()
+                        .map(|codes| codes.iter().fold(0u32, |m, c| m | (1 << c.0))),
+                    timeout: r.timeout.map(|t| t.0),
+                })
+                .collect(),
+        )
+    }
 }
 
 /// A source of endpoints.

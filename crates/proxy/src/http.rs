@@ -72,9 +72,10 @@ pub(crate) struct RequestPath {
     fail_fast: Duration,
     /// The inbound side's concurrency limit (`--inbound-max-concurrency`).
     limit: Option<Arc<Limit>>,
-    /// gRPC codes whose trailers-only answers are retried (outbound only):
-    /// bit `c` set for code `c`.
-    retry_codes: u32,
+    /// gRPC codes whose trailers-only answers are retried, bit `c` set for
+    /// code `c`, unless a route says otherwise; `None`: this side never
+    /// retries (inbound: its one endpoint is the app).
+    retry_codes: Option<u32>,
 }
 
 /// At most `max` requests at once; the ones beyond are shed.
@@ -131,6 +132,11 @@ pub(crate) struct Call {
     retries: u8,
     /// The endpoint that failed the last attempt: a retry goes elsewhere.
     avoid: Option<Arc<Candidate>>,
+    /// The gRPC codes retried (a bit per code): the route's, else the proxy's.
+    retry_codes: u32,
+    /// The request's path while its route is not known (discovery had not
+    /// answered when it arrived): looked up once it has an endpoint.
+    unrouted: Option<Box<str>>,
 }
 
 impl Call {
@@ -157,7 +163,7 @@ impl RequestPath {
         metrics: Arc<Metrics>,
         fail_fast: Duration,
         limit: Option<Arc<Limit>>,
-        retry_codes: u32,
+        retry_codes: Option<u32>,
     ) -> Self {
         RequestPath {
             router,
@@ -201,8 +207,21 @@ impl RequestPath {
             },
         };
         balancer.count_request();
+        // The route's retries and timeout (a shorter grpc-timeout wins);
+        // looked up once discovery answered, if it has not yet.
+        let policy = balancer.route(head.path);
+        let (retry_codes, timeout) = policy.unwrap_or_default();
+        // The inbound side never retries (its one endpoint is the app).
+        let retry_codes = self.retry_codes.map_or(0, |own| retry_codes.unwrap_or(own));
+        let deadline = match (head.timeout, timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let unrouted = policy.is_none().then(|| Box::<str>::from(head.path));
         // Authorization (the policy issue) comes here, before any byte goes on.
         Ok(Call {
+            retry_codes,
+            unrouted,
             _permit: permit,
             retries: 0,
             avoid: None,
@@ -210,7 +229,7 @@ impl RequestPath {
             route,
             start,
             grpc: head.grpc,
-            deadline: head.timeout.map(|t| (start + t, t)),
+            deadline: deadline.map(|t| (start + t, t)),
             attempts: 0,
             status: 0,
             head_grpc_status: None,
@@ -232,6 +251,23 @@ impl RequestPath {
         route.requests.inc();
         self.record_answer(&route, grpc, &err, start);
         err
+    }
+
+    /// A call that waited for discovery got an endpoint: its route now (its
+    /// retried codes, and a new deadline when the route's timeout is sooner).
+    pub(crate) fn routed_late(&self, call: &mut Call) -> Option<Instant> {
+        let path = call.unrouted.take()?;
+        let (codes, timeout) = call.balancer.route(&path)?;
+        // (The inbound side never retries, whatever a route says.)
+        if let (Some(_), Some(codes)) = (self.retry_codes, codes) {
+            call.retry_codes = codes;
+        }
+        let t = timeout?;
+        if call.deadline.is_some_and(|(_, budget)| budget <= t) {
+            return None;
+        }
+        call.deadline = Some((call.start + t, t));
+        Some(call.start + t)
     }
 
     /// An endpoint for the call if one is ready now; `None`: wait with [`RequestPath::pick`].
@@ -291,7 +327,7 @@ impl RequestPath {
         grpc_status: Option<u16>,
     ) -> Option<u32> {
         let code = grpc_status?;
-        if code >= 32 || self.retry_codes & (1 << code) == 0 {
+        if code >= 32 || call.retry_codes & (1 << code) == 0 {
             return None;
         }
         let result = if call.retries >= MAX_RETRIES {

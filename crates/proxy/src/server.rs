@@ -79,9 +79,9 @@ impl ServerCtx {
         let per_client = matches!(side, Side::Inbound(_)).then_some(config.max_connections_per_client as usize);
         // Retries go elsewhere: the inbound side has one app.
         let retry_codes = if matches!(side, Side::Inbound(_)) {
-            0
+            None
         } else {
-            config.retry_codes.0
+            Some(config.retry_codes.0)
         };
         let fail_fast = if matches!(side, Side::Inbound(_)) {
             config.inbound_fail_fast_timeout

@@ -87,6 +87,14 @@ pub trait Dispatch: Send + Sync + 'static {
     /// When the call must end (its gRPC deadline), if ever.
     fn deadline(&self, call: &Self::Call) -> Option<Instant>;
 
+    /// A call that had to wait for an endpoint got one: the layer above may
+    /// know more about it now (its service's routes came with discovery)
+    /// and give it an earlier deadline. The default: no change.
+    fn waited(&self, call: &mut Self::Call) -> Option<Instant> {
+        let _ = call;
+        None
+    }
+
     /// An endpoint for the call if one is ready now; `None` when the call
     /// must wait ([`Dispatch::pick`]).
     fn pick_now(&self, call: &Self::Call) -> Option<Result<Self::Pick, Self::Error>>;

@@ -303,3 +303,59 @@ async fn an_unknown_service_is_answered_at_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_reach_the_proxies_through_the_control_plane_and_change_live() {
+    let slow = square::spawn(SquareOptions::named("square-0")).await.unwrap();
+    slow.service.set_behavior(weft_api::square::Behavior {
+        delay_ms: 300,
+        ..Default::default()
+    });
+    let mesh = |timeout: &str| {
+        format!(
+            "services:\n  {SVC}:\n    endpoints: [{}]\n    routes:\n      - path: /square.Square/\n        timeout: {timeout}\n",
+            slow.addr
+        )
+    };
+    let disc = DiscoveryFile::new();
+    disc.write(&mesh("50ms"));
+    let cp = ControlPlane::start(&disc.path).await;
+
+    // What weft-control sends: the route in the snapshot.
+    let mut client = DestinationClient::connect(format!("http://{}", cp.addr)).await.unwrap();
+    let mut stream = client
+        .get(GetDestination {
+            authority: SVC.into(),
+            context: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(weft_api::destination::update::Kind::Snapshot(s)) = first.kind else {
+        panic!("{first:?}")
+    };
+    assert_eq!(s.routes.len(), 1, "{s:?}");
+    assert_eq!(
+        (s.routes[0].path.as_str(), s.routes[0].timeout_ms),
+        ("/square.Square/", 50)
+    );
+
+    // Through a proxy: the 50 ms timeout fails a 300 ms call ...
+    let proxy = TestProxy::start(&["--control-plane", &cp.addr.to_string()]).await;
+    let mut sq = weft_api::square::square_client::SquareClient::new(proxy.channel(SVC).await);
+    let err = sq.square(weft_api::square::Input { value: 2 }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+
+    // ... and a longer one written to the file lets the next calls through.
+    disc.write(&mesh("5s"));
+    eventually("the new timeout to apply", Duration::from_secs(5), || {
+        let mut sq = sq.clone();
+        async move { sq.square(weft_api::square::Input { value: 2 }).await.ok() }
+    })
+    .await;
+}

@@ -313,3 +313,87 @@ async fn the_inbound_proxy_follows_its_apps_health() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_in_the_mesh_file_set_timeouts_and_retry_codes_per_method() {
+    use weft_api::grpc_testing::{EchoStatus, SimpleRequest, test_service_client::TestServiceClient};
+    let slow = square::spawn(SquareOptions::named("square-0")).await.unwrap();
+    slow.service.set_behavior(Behavior {
+        delay_ms: 30_000,
+        ..Default::default()
+    });
+    let interop = weft_demo::interop::spawn().await.unwrap();
+    let disc = DiscoveryFile::new();
+    disc.write(&format!(
+        "services:
+  {SVC}:
+    endpoints: [{slow}]
+    routes:
+      - path: /square.Square/Square
+        timeout: 200ms
+  interop.test:50051:
+    endpoints: [{interop}]
+    routes:
+      - path: /grpc.testing.TestService/UnaryCall
+        retry_codes: [13]
+      - retry_codes: []
+",
+        slow = slow.addr,
+        interop = interop.addr
+    ));
+    let proxy = TestProxy::with_discovery(&disc, &[]).await;
+
+    // The route's timeout: the client set none; the proxy answers
+    // DEADLINE_EXCEEDED and cancels the call on the app.
+    let mut square = weft_api::square::square_client::SquareClient::new(proxy.channel(SVC).await);
+    let t = Instant::now();
+    let err = square.square(weft_api::square::Input { value: 3 }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the route's 200 ms timeout did not apply"
+    );
+    eventually("the app to see the call cancelled", Duration::from_secs(5), || async {
+        (slow.stats().cancelled == 1).then_some(())
+    })
+    .await;
+
+    // The method's retry codes: INTERNAL is retried there (twice, the one
+    // endpoint failing each time), UNAVAILABLE is not (the default would).
+    let mut client = TestServiceClient::new(proxy.channel("interop.test:50051").await);
+    let failing = |code: i32| SimpleRequest {
+        response_status: Some(EchoStatus {
+            code,
+            message: "failing".into(),
+        }),
+        ..Default::default()
+    };
+    let err = client.unary_call(failing(13)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal);
+    let m = proxy.metrics().await;
+    assert_eq!((retries(&m, "sent"), retries(&m, "attempts")), (2.0, 1.0), "{m}");
+    let err = client.unary_call(failing(14)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let m = proxy.metrics().await;
+    assert_eq!(
+        (retries(&m, "sent"), retries(&m, "attempts")),
+        (2.0, 1.0),
+        "UNAVAILABLE retried: {m}"
+    );
+
+    // A change of routes applies to the next call, without a restart.
+    disc.write(&format!(
+        "services:\n  {SVC}:\n    endpoints: [{slow}]\n    routes:\n      - timeout: 1m\n  interop.test:50051:\n    endpoints: [{interop}]\n",
+        slow = slow.addr,
+        interop = interop.addr
+    ));
+    eventually("the default retry codes back", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        let proxy = &proxy;
+        async move {
+            let _ = client.unary_call(failing(14)).await;
+            (retries(&proxy.metrics().await, "sent") > 2.0).then_some(())
+        }
+    })
+    .await;
+}

@@ -74,6 +74,7 @@ fn mesh(args: &Args, extra: bool) -> BTreeMap<ServiceName, Service> {
             Service {
                 addresses: Vec::new(),
                 endpoints,
+                routes: Vec::new(),
             },
         );
     }

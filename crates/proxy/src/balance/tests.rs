@@ -55,7 +55,7 @@ fn meta(port: u16) -> EndpointMeta {
 }
 
 fn endpoints(ports: &[u16]) -> Resolution {
-    Resolution::Endpoints(ports.iter().map(|p| meta(*p)).collect())
+    Resolution::Endpoints(ports.iter().map(|p| meta(*p)).collect(), Default::default())
 }
 
 fn balancer(proto: Proto, ports: &[u16]) -> Arc<Balancer> {

@@ -26,7 +26,7 @@ use prost::Message;
 use tokio::sync::watch;
 use weft_api::destination as pb;
 
-use super::{Discover, EndpointMeta, Resolution};
+use super::{Discover, EndpointMeta, Resolution, RoutePolicy, Routes};
 use crate::{
     core::{Authority, lock},
     grpc_client::{self, CallEnd},
@@ -123,7 +123,7 @@ impl Discover for ControlDiscovery {
     fn knows(&self, target: &Authority) -> bool {
         lock(&self.inner.watches)
             .get(target)
-            .is_some_and(|tx| matches!(&*tx.borrow(), Resolution::Endpoints(_)))
+            .is_some_and(|tx| matches!(&*tx.borrow(), Resolution::Endpoints(..)))
     }
 
     fn status(&self) -> Option<String> {
@@ -306,6 +306,7 @@ async fn stream_once(inner: &Arc<Inner>, target: &Authority, tx: &watch::Sender<
         }
     };
     let mut endpoints: BTreeMap<SocketAddr, EndpointMeta> = BTreeMap::new();
+    let mut routes = Routes::default();
     let mut first = true;
     loop {
         let msg = match answers.next().await {
@@ -328,10 +329,13 @@ async fn stream_once(inner: &Arc<Inner>, target: &Authority, tx: &watch::Sender<
             };
         }
         first = false;
+        if let Some(pb::update::Kind::Snapshot(s)) = &update.kind {
+            routes = routes_from(&s.routes);
+        }
         apply(&mut endpoints, update, target);
         let list: Arc<[EndpointMeta]> = endpoints.values().cloned().collect();
         tx.send_if_modified(|r| {
-            let next = Resolution::Endpoints(list);
+            let next = Resolution::Endpoints(list, routes.clone());
             if *r == next {
                 false
             } else {
@@ -340,6 +344,25 @@ async fn stream_once(inner: &Arc<Inner>, target: &Authority, tx: &watch::Sender<
             }
         });
     }
+}
+
+/// A snapshot's routes (codes above 31 cannot be a gRPC status: dropped).
+fn routes_from(routes: &[pb::Route]) -> Routes {
+    Routes(
+        routes
+            .iter()
+            .map(|r| RoutePolicy {
+                path: r.path.as_str().into(),
+                retry_codes: r.retry_codes_set.then(|| {
+                    r.retry_codes
+                        .iter()
+                        .filter(|c| **c < 32)
+                        .fold(0u32, |m, c| m | (1 << c))
+                }),
+                timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms.min(86_400_000))),
+            })
+            .collect(),
+    )
 }
 
 /// What a call's end means for the watch.
@@ -409,6 +432,7 @@ mod tests {
             &mut eps,
             up(pb::update::Kind::Snapshot(pb::Snapshot {
                 endpoints: vec![ep("127.0.0.1:1"), ep("bad")],
+                routes: Vec::new(),
             })),
             &t,
         );
@@ -431,5 +455,35 @@ mod tests {
         assert_eq!(&*eps.values().next().unwrap().name, "127.0.0.1:2");
         apply(&mut eps, up(pb::update::Kind::Snapshot(pb::Snapshot::default())), &t);
         assert!(eps.is_empty(), "an empty snapshot empties the service");
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn routes_from_the_wire_keep_order_and_drop_impossible_codes() {
+        let routes = routes_from(&[
+            pb::Route {
+                path: "/a.B/C".into(),
+                retry_codes_set: true,
+                retry_codes: vec![13, 40],
+                timeout_ms: 250,
+            },
+            pb::Route {
+                path: String::new(),
+                retry_codes_set: false,
+                retry_codes: vec![],
+                timeout_ms: 0,
+            },
+        ]);
+        let exact = routes.find("/a.B/C").unwrap();
+        assert_eq!(
+            (exact.retry_codes, exact.timeout),
+            (Some(1 << 13), Some(Duration::from_millis(250)))
+        );
+        let other = routes.find("/a.B/D").unwrap();
+        assert_eq!((other.retry_codes, other.timeout), (None, None));
     }
 }

@@ -25,7 +25,7 @@ use crate::core::{Authority, InvalidAuthority};
 /// A parsed, validated discovery snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    services: HashMap<Authority, Arc<[EndpointMeta]>>,
+    services: HashMap<Authority, (Arc<[EndpointMeta]>, super::Routes)>,
     vips: HashMap<SocketAddr, Authority>,
 }
 
@@ -67,14 +67,15 @@ impl Snapshot {
             for addr in svc.addresses {
                 snap.vips.insert(addr, authority.clone());
             }
-            snap.services.insert(authority, endpoints);
+            snap.services
+                .insert(authority, (endpoints, super::Routes::from_mesh(&svc.routes)));
         }
         Ok(snap)
     }
 
     fn resolution(&self, target: &Authority) -> Resolution {
         match self.services.get(target) {
-            Some(eps) => Resolution::Endpoints(eps.clone()),
+            Some((eps, routes)) => Resolution::Endpoints(eps.clone(), routes.clone()),
             None => Resolution::Unknown,
         }
     }
@@ -237,7 +238,7 @@ mod tests {
         )
         .unwrap();
         let target = Authority::parse("square.demo:50051", None).unwrap();
-        let Resolution::Endpoints(eps) = snap.resolution(&target) else {
+        let Resolution::Endpoints(eps, _) = snap.resolution(&target) else {
             panic!("not resolved")
         };
         assert_eq!(eps.len(), 2);
@@ -289,14 +290,14 @@ mod tests {
         });
         let target = Authority::parse("s:80", None).unwrap();
         let mut rx = disc.resolve(&target);
-        assert!(matches!(&*rx.borrow(), Resolution::Endpoints(e) if e.len() == 1));
+        assert!(matches!(&*rx.borrow(), Resolution::Endpoints(e, _) if e.len() == 1));
 
         std::fs::write(&path, "services:\n  s:80:\n    endpoints: [127.0.0.1:1, 127.0.0.1:2]\n").unwrap();
         tokio::time::timeout(Duration::from_secs(2), rx.changed())
             .await
             .unwrap()
             .unwrap();
-        assert!(matches!(&*rx.borrow_and_update(), Resolution::Endpoints(e) if e.len() == 2));
+        assert!(matches!(&*rx.borrow_and_update(), Resolution::Endpoints(e, _) if e.len() == 2));
 
         std::fs::write(&path, "services: [oops").unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -304,7 +305,7 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "bad file never reported");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(matches!(&*rx.borrow(), Resolution::Endpoints(e) if e.len() == 2));
+        assert!(matches!(&*rx.borrow(), Resolution::Endpoints(e, _) if e.len() == 2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -61,6 +61,10 @@ impl Dispatch for RequestPath {
         call.deadline().map(|(at, _)| at)
     }
 
+    fn waited(&self, call: &mut Call) -> Option<Instant> {
+        RequestPath::routed_late(self, call)
+    }
+
     fn pick_now(&self, call: &Call) -> Option<Result<InFlight, ProxyError>> {
         RequestPath::pick_now(self, call)
     }

@@ -253,7 +253,16 @@ impl<D: Dispatch> Down<D> {
             return;
         }
         match result {
-            Ok(p) => self.dispatch_stream(stream, Some(p)),
+            Ok(p) => {
+                if let Some(s) = self.streams.get_mut(&stream)
+                    && let Some(at) = self.dispatch.waited(&mut s.x.call)
+                    && s.x.deadline.is_none_or(|d| at < d)
+                {
+                    s.x.deadline = Some(at);
+                    self.arm(at, stream);
+                }
+                self.dispatch_stream(stream, Some(p))
+            }
             Err(e) => self.fail(stream, &e),
         }
     }

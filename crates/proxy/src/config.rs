@@ -91,11 +91,20 @@ pub struct Config {
 
     /// Retries (outbound, HTTP/2 engine `splice`): gRPC status codes whose
     /// trailers-only answers are retried on another pick, comma separated,
-    /// or `off`. Only a request the proxy kept whole (up to 64 KiB) and of
+    /// or `off` (a route in the mesh file may say otherwise for its
+    /// requests). Only a request the proxy kept whole (`--retry-buffer-*`) and of
     /// which nothing reached the client yet; at most 2 retries per request,
     /// with `grpc-previous-rpc-attempts` set; within the retry budget.
     #[arg(long, env = "WEFT_RETRY_CODES", default_value = "14", value_parser = parse_codes)]
     pub retry_codes: Codes,
+
+    /// The gRPC status codes that count as the endpoint's failure (for
+    /// failure accrual and its latency score), comma separated, or `off`:
+    /// by default UNKNOWN, INTERNAL, UNAVAILABLE and DATA_LOSS, never
+    /// application answers such as NOT_FOUND. Resets, broken connections and
+    /// deadlines always count.
+    #[arg(long, env = "WEFT_FAILURE_CODES", default_value = "2,13,14,15", value_parser = parse_codes)]
+    pub failure_codes: Codes,
 
     /// The retry budget: retries may add at most this share of a service's
     /// requests, in percent ...
@@ -356,6 +365,7 @@ impl Config {
             "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
             "accrual_failures": self.accrual_failures,
             "retry_codes": self.retry_codes.to_string(),
+            "failure_codes": self.failure_codes.to_string(),
             "retry_budget_percent": self.retry_budget_percent,
             "retry_min_per_second": self.retry_min_per_second,
             "inbound_max_concurrency": self.inbound_max_concurrency,

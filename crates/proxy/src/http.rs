@@ -76,6 +76,8 @@ pub(crate) struct RequestPath {
     /// code `c`, unless a route says otherwise; `None`: this side never
     /// retries (inbound: its one endpoint is the app).
     retry_codes: Option<u32>,
+    /// The gRPC codes that count as an endpoint's failure (a bit per code).
+    failure_codes: u32,
 }
 
 /// At most `max` requests at once; the ones beyond are shed.
@@ -134,6 +136,8 @@ pub(crate) struct Call {
     avoid: Option<Arc<Candidate>>,
     /// The gRPC codes retried (a bit per code): the route's, else the proxy's.
     retry_codes: u32,
+    /// The gRPC codes that count as the endpoint's failure (a bit per code).
+    failure_codes: u32,
     /// The request's path while its route is not known (discovery had not
     /// answered when it arrived): looked up once it has an endpoint.
     unrouted: Option<Box<str>>,
@@ -164,6 +168,7 @@ impl RequestPath {
         fail_fast: Duration,
         limit: Option<Arc<Limit>>,
         retry_codes: Option<u32>,
+        failure_codes: u32,
     ) -> Self {
         RequestPath {
             router,
@@ -171,6 +176,7 @@ impl RequestPath {
             fail_fast,
             limit,
             retry_codes,
+            failure_codes,
         }
     }
 
@@ -221,6 +227,7 @@ impl RequestPath {
         // Authorization (the policy issue) comes here, before any byte goes on.
         Ok(Call {
             retry_codes,
+            failure_codes: self.failure_codes,
             unrouted,
             _permit: permit,
             retries: 0,

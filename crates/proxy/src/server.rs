@@ -100,6 +100,7 @@ impl ServerCtx {
                 fail_fast,
                 limit,
                 retry_codes,
+                config.failure_codes.0,
             )),
             router,
             metrics,

@@ -397,3 +397,42 @@ async fn routes_in_the_mesh_file_set_timeouts_and_retry_codes_per_method() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn which_codes_count_as_failures_is_configurable() {
+    // A replica answering NOT_FOUND to everything: an application answer,
+    // not the endpoint's failure, by default; with --failure-codes 5 it is.
+    let reps = replicas(3).await;
+    reps[2].service.set_behavior(Behavior {
+        error_rate: 1.0,
+        error_code: 5,
+        ..Default::default()
+    });
+    let disc = discovery(&reps);
+    let by_default = TestProxy::with_discovery(&disc, &[]).await;
+    let strict = TestProxy::with_discovery(&disc, &["--failure-codes", "5,14"]).await;
+    let loads = [
+        OpenLoad::start(by_default.channel(SVC).await, 200),
+        OpenLoad::start(strict.channel(SVC).await, 200),
+    ];
+    eventually(
+        "square-2 ejected with --failure-codes 5",
+        Duration::from_secs(10),
+        || async { (ejected(&strict, "square-2").await == 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        ejected(&by_default, "square-2").await,
+        0.0,
+        "NOT_FOUND ejected it by default"
+    );
+    for load in loads {
+        let records = load.finish().await;
+        assert!(
+            records
+                .iter()
+                .any(|r| r.result.as_ref().is_err_and(|e| e.code() == tonic::Code::NotFound)),
+            "square-2 answered no call"
+        );
+    }
+}

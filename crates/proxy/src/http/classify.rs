@@ -30,25 +30,19 @@ thread_local! {
 }
 
 /// Whether an answer's head says the endpoint failed the call: a gRPC
-/// status in the head (trailers-only) that blames the server (UNKNOWN,
-/// INTERNAL, UNAVAILABLE, DATA_LOSS, not application answers such as
-/// NOT_FOUND), or an HTTP 5xx.
+/// status in the head (trailers-only) that blames the server (by default
+/// UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS, not application answers
+/// such as NOT_FOUND: `--failure-codes`), or an HTTP 5xx.
 pub(super) fn fails_endpoint(call: &Call, grpc_status: Option<u16>) -> bool {
     if call.grpc {
-        grpc_status.is_some_and(blames_server)
+        grpc_status.is_some_and(|c| blames_server(call, c))
     } else {
         call.status >= 500
     }
 }
 
-fn blames_server(c: u16) -> bool {
-    matches!(
-        c,
-        weft_splice::grpc::code::UNKNOWN
-            | weft_splice::grpc::code::INTERNAL
-            | weft_splice::grpc::code::UNAVAILABLE
-            | weft_splice::grpc::code::DATA_LOSS
-    )
+fn blames_server(call: &Call, c: u16) -> bool {
+    c < 32 && call.failure_codes & (1 << c) != 0
 }
 
 /// Whether the endpoint failed a call in a way its response head did not
@@ -56,7 +50,7 @@ fn blames_server(c: u16) -> bool {
 /// a failing `grpc-status` in the trailers.
 pub(super) fn failed_after_head(call: &Call, outcome: Outcome) -> bool {
     match outcome {
-        Outcome::Ended(Some(c)) => call.grpc && call.head_grpc_status.is_none() && blames_server(c),
+        Outcome::Ended(Some(c)) => call.grpc && call.head_grpc_status.is_none() && blames_server(call, c),
         Outcome::Ended(None) | Outcome::Cancelled => false,
         Outcome::Failed(_) | Outcome::DeadlineExceeded => true,
     }

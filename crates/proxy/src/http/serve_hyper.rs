@@ -211,7 +211,7 @@ async fn handle(
         lease,
     };
     let body = ObservedBody::new(incoming, finisher, deadline);
-    Response::from_parts(parts, ProxyBody::Upstream(body))
+    Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)))
 }
 
 /// What came back from the endpoint a request was sent to.

@@ -27,7 +27,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response the proxy sends.
 pub(crate) enum ProxyBody {
-    Upstream(ObservedBody),
+    Upstream(Box<ObservedBody>),
     Local(Option<Bytes>),
 }
 

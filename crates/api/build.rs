@@ -18,7 +18,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(grpc)
         .build_server(grpc)
         .compile_fds(demo)?;
-    let control = protox::compile(["proto/weft/destination/v1/destination.proto"], ["proto"])?;
+    let control = protox::compile(
+        [
+            "proto/weft/destination/v1/destination.proto",
+            "proto/weft/identity/v1/identity.proto",
+        ],
+        ["proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(grpc)
         .build_server(grpc)

@@ -1,6 +1,7 @@
 //! Weft's protobuf APIs, generated at build time from `proto/`.
 //!
 //! - [`destination`]: the control plane's discovery API (`weft.destination.v1`).
+//! - [`identity`]: its identity API (`weft.identity.v1`): certificates for CSRs.
 //! - [`square`]: the demo service (`Square`) and its runtime knobs (`SquareControl`).
 //! - [`grpc_testing`]: a wire-compatible subset of the gRPC interop `TestService`,
 //!   used to check that weft carries every gRPC shape (streaming, status, metadata).
@@ -14,6 +15,14 @@ pub mod destination {
 
     /// The gRPC path of `Destination/Get`.
     pub const GET_PATH: &str = "/weft.destination.v1.Destination/Get";
+}
+
+/// The control plane's identity API, version 1.
+pub mod identity {
+    include!(concat!(env!("OUT_DIR"), "/weft.identity.v1.rs"));
+
+    /// The gRPC path of `Identity/Certify`.
+    pub const CERTIFY_PATH: &str = "/weft.identity.v1.Identity/Certify";
 }
 
 /// The square demo service.

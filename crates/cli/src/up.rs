@@ -11,6 +11,7 @@
 //! running `weft up` through `.weft/run/weft.sock` and its files.
 
 pub mod ctl;
+mod identity;
 mod replica;
 
 use std::{
@@ -120,6 +121,9 @@ struct Up {
     file: PathBuf,
     base: PathBuf,
     mesh: MeshFile,
+    /// Tokens of the workloads' identities (and the CA directory).
+    identities: identity::Identities,
+    ca_dir: PathBuf,
     dirs: RunDir,
     logs: PathBuf,
     proxy_bin: PathBuf,
@@ -203,6 +207,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         shown: String::new(),
         redraw: !args.plain && std::io::stdout().is_terminal(),
         mesh: MeshFile::default(),
+        identities: identity::Identities::new(&dirs.run)?,
+        ca_dir: args.dir.join("identity"),
     };
     let result = up.main(mesh, entry_addr, cmd_rx).await;
     up.stop_all().await;
@@ -302,6 +308,10 @@ impl Up {
                     w.removed = false;
                 }
                 None => {
+                    let account = spec.identity.clone().unwrap_or_else(|| name.to_string());
+                    if let Err(e) = self.identities.token_file(name.as_str(), &account) {
+                        eprintln!("weft up: workload `{name}` runs without an identity: {e:#}");
+                    }
                     self.workloads.insert(
                         name.clone(),
                         WorkloadRun {
@@ -352,6 +362,7 @@ impl Up {
             index,
             proxy_bin: &self.proxy_bin,
             control_plane: self.control.addr,
+            token_file: self.identities.get(name.as_str()),
             logs: &self.logs,
             base: &self.base,
         }
@@ -531,6 +542,10 @@ impl Up {
         let mut child = tokio::process::Command::new(&self.control_bin)
             .arg("--mesh-file")
             .arg(self.dirs.endpoints())
+            .arg("--identity-dir")
+            .arg(&self.ca_dir)
+            .arg("--identity-tokens")
+            .arg(self.identities.tokens_file())
             .args(["--listen", &self.control.addr.to_string()])
             .args(["--admin-listen", &self.control.admin.to_string()])
             .stdin(std::process::Stdio::null())
@@ -553,8 +568,10 @@ impl Up {
 
     async fn start_entry(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let admin = free_addr()?;
+        let token = self.identities.token_file("entry", identity::ENTRY_ACCOUNT)?;
         let spec = ProxySpec {
             name: "entry",
+            token_file: Some(&token),
             control_plane: self.control.addr,
             outbound: addr,
             inbound: None,

@@ -1,19 +1,21 @@
 //! weft-control, the control plane: it learns the mesh from a [`source`]
 //! (the mesh file now, Kubernetes later), keeps it in a [`store`], and
 //! streams each service's endpoints to the proxies that ask
-//! ([`destination`], API `weft.destination.v1`). Identity and Policy
-//! services join beside Destination in the next issues.
+//! ([`destination`], API `weft.destination.v1`). With a CA it also signs
+//! the proxies' certificates ([`identity`], API `weft.identity.v1`). The
+//! Policy service joins beside them in the next issue.
 
 pub mod admin;
 pub mod destination;
+pub mod identity;
 pub mod metrics;
 pub mod source;
 pub mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use weft_api::destination::destination_server::DestinationServer;
+use weft_api::{destination::destination_server::DestinationServer, identity::identity_server::IdentityServer};
 
 use crate::{metrics::Metrics, source::Source, store::Store};
 
@@ -24,9 +26,20 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 /// The most concurrent streams (watches) one connection may open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
 
-/// Serves `source` on `grpc` (Destination) and `admin` until `shutdown`.
+/// What the Identity service needs.
+pub struct IdentityConfig {
+    pub ca: Arc<weft_identity::Ca>,
+    /// Which token proves which identity ([`weft_identity::Tokens`]).
+    pub tokens_file: PathBuf,
+    /// How long the certificates it issues are valid.
+    pub lifetime: Duration,
+}
+
+/// Serves `source` on `grpc` (Destination, and Identity when `identity`
+/// is given) and `admin` until `shutdown`.
 pub async fn serve(
     source: Arc<dyn Source>,
+    identity: Option<IdentityConfig>,
     grpc: TcpListener,
     admin: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -85,6 +98,15 @@ pub async fn serve(
     });
     tokio::spawn(admin::serve(admin, admin_state));
 
+    let identity = identity.map(|c| {
+        IdentityServer::new(identity::IdentityService::new(
+            c.ca,
+            c.tokens_file,
+            c.lifetime,
+            metrics.clone(),
+        ))
+        .max_decoding_message_size(identity::MAX_CSR + 1024)
+    });
     let service = destination::DestinationService {
         store,
         metrics,
@@ -96,6 +118,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_service(DestinationServer::new(service))
+        .add_optional_service(identity)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown)
         .await?;
     Ok(())

@@ -24,6 +24,23 @@ struct Args {
     /// Admin: /metrics, /ready (with details), /live. Read-only.
     #[arg(long, env = "WEFT_CONTROL_ADMIN_LISTEN", default_value = "127.0.0.1:9990")]
     admin_listen: SocketAddr,
+    /// The CA's directory (anchors.pem, anchor.key, issuer.pem, issuer.key;
+    /// keys 0600): turns on the Identity service. A new CA is made there
+    /// when the directory has none (say so in the log); or put your own
+    /// PEM files there.
+    #[arg(long, env = "WEFT_CONTROL_IDENTITY_DIR", requires = "identity_tokens")]
+    identity_dir: Option<PathBuf>,
+    /// Which token proves which identity: YAML `TOKEN: {namespace: NS,
+    /// service_account: SA}` (weft up writes it; 0600). Re-read when a
+    /// proxy brings a token it does not know.
+    #[arg(long, env = "WEFT_CONTROL_IDENTITY_TOKENS", requires = "identity_dir")]
+    identity_tokens: Option<PathBuf>,
+    /// The trust domain of the identities (`spiffe://<trust-domain>/...`).
+    #[arg(long, env = "WEFT_CONTROL_TRUST_DOMAIN", default_value = weft_identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// How long an issued certificate is valid (proxies renew at 70 %): 24h, 1h, 10s.
+    #[arg(long, env = "WEFT_CONTROL_CERT_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
+    cert_lifetime: std::time::Duration,
     /// Log filter: error, warn, info, debug, trace.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -61,8 +78,44 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `10s`, `30m`, `24h`: at least 5 s, at most a year.
+fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (write 10s, 30m or 24h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(format!("`{s}`: the unit is s, m, h or d")),
+    };
+    if !(5..=366 * 86_400).contains(&secs) {
+        return Err(format!("`{s}`: a certificate lives at least 5s and at most a year"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let source = FileSource::start(&args.mesh_file)?;
+    let identity = match (&args.identity_dir, &args.identity_tokens) {
+        (Some(dir), Some(tokens)) => {
+            let (ca, created) = weft_identity::Ca::load_or_create(dir, &args.trust_domain)
+                .map_err(|e| anyhow::anyhow!("the CA in {} (--identity-dir): {e}", dir.display()))?;
+            if created {
+                tracing::info!(dir = %dir.display(), trust_domain = %args.trust_domain, "made a new CA (trust anchor and issuer)");
+            }
+            Some(weft_control::IdentityConfig {
+                ca: Arc::new(ca),
+                tokens_file: tokens.clone(),
+                lifetime: args.cert_lifetime,
+            })
+        }
+        _ => None,
+    };
     let grpc = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (--listen): {e}", args.listen))?;
@@ -88,7 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Watches are endless streams: stop at the signal without waiting for them.
     tokio::select! {
-        r = weft_control::serve(Arc::new(source), grpc, admin, std::future::pending()) => r,
+        r = weft_control::serve(Arc::new(source), identity, grpc, admin, std::future::pending()) => r,
         () = shutdown => Ok(()),
     }
 }

@@ -3,9 +3,17 @@
 use std::sync::Arc;
 
 use prometheus_client::{
-    metrics::{counter::Counter, gauge::Gauge},
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+
+/// Labels of `weft_control_certificates_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// `issued`, or why not: `unknown_token`, `bad_csr`, `error`.
+    pub result: &'static str,
+}
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -21,6 +29,8 @@ pub struct Metrics {
     pub changes: Counter,
     /// Refused source changes (the last good mesh kept).
     pub refusals: Counter,
+    /// Identity.Certify answers.
+    pub certificates: Family<CertLabels, Counter>,
 }
 
 impl Metrics {
@@ -53,6 +63,11 @@ impl Metrics {
             "source_refusals",
             "Changes refused (parse or validation errors); the last good mesh is served",
             self.refusals.clone(),
+        );
+        r.register(
+            "certificates",
+            "Identity.Certify answers: issued, or refused and why",
+            self.certificates.clone(),
         );
         r
     }

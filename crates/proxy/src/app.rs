@@ -118,6 +118,14 @@ impl Proxy {
                 None
             }
         };
+        let identity = match (&config.identity_token_file, &config.control_plane) {
+            (Some(token), Some(cp)) => Some(crate::identity::spawn(
+                cp.clone(),
+                token.clone(),
+                metrics.identity.clone(),
+            )),
+            _ => None,
+        };
         let (drain_signal, drain_watch) = drain::channel();
         let (shutdown_tx, shutdown_rx) = mpsc::unbounded_channel();
         let ready = Arc::new(AtomicBool::new(true));
@@ -149,6 +157,7 @@ impl Proxy {
                 shutdown: shutdown_tx.clone(),
                 details: Arc::new(move || discovery.status().unwrap_or_default()),
                 app_health,
+                identity,
             });
             let fut = admin::serve(l, state, async move {
                 let _ = admin_stopped.await;

@@ -58,6 +58,14 @@ pub struct Config {
     #[arg(long, env = "WEFT_CONTROL_PLANE", value_name = "ADDR")]
     pub control_plane: Option<String>,
 
+    /// The file holding this workload's identity token (`weft up` writes
+    /// one per workload, readable by it only): with it the proxy makes a
+    /// key, sends weft-control a CSR and the token, and keeps a short-lived
+    /// certificate for its identity, renewed at 70 % of its lifetime. Needs
+    /// --control-plane. `/identity` on the admin port shows it.
+    #[arg(long, env = "WEFT_IDENTITY_TOKEN_FILE", requires = "control_plane")]
+    pub identity_token_file: Option<PathBuf>,
+
     /// This proxy's workload (e.g. `square-1`), told to the control plane
     /// for its logs.
     #[arg(long, env = "WEFT_WORKLOAD")]
@@ -353,13 +361,14 @@ impl Config {
 
     /// The effective configuration as JSON (printed at start, served on admin).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "outbound_listen": self.outbound_listen.to_string(),
             "inbound_listen": self.inbound_listen.to_string(),
             "admin_listen": self.admin_listen.to_string(),
             "inbound_forward": self.inbound_forward.map(|a| a.to_string()),
             "discovery_file": self.discovery_file.as_ref().map(|p| p.display().to_string()),
             "control_plane": self.control_plane,
+            "identity_token_file": self.identity_token_file,
             "workload": self.workload,
             "balancer": self.balancer.to_string(),
             "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
@@ -372,6 +381,9 @@ impl Config {
             "app_health_check": self.app_health_check,
             "accrual_backoff_max_ms": self.accrual_backoff_max.as_secs_f64() * 1e3,
             "max_ejected_percent": self.max_ejected_percent,
+        });
+        // (Two maps: one json! of them all would pass its macro recursion limit.)
+        let more = serde_json::json!({
             "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,
             "opaque_ports": self.opaque_ports.0.iter().collect::<Vec<_>>(),
             "fail_fast_timeout_ms": self.fail_fast_timeout.as_secs_f64() * 1e3,
@@ -395,7 +407,11 @@ impl Config {
             "threads": self.threads,
             "h2_engine": self.h2_engine.to_string(),
             "admin_token": if self.admin_token.is_some() { "set" } else { "off" },
-        })
+        });
+        if let (Some(all), serde_json::Value::Object(more)) = (v.as_object_mut(), more) {
+            all.extend(more);
+        }
+        v
     }
 }
 

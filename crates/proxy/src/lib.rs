@@ -34,6 +34,7 @@ pub mod fuzzing;
 mod grpc_client;
 mod health;
 mod http;
+pub mod identity;
 mod inbound;
 mod outbound;
 mod route;

@@ -167,6 +167,7 @@ pub async fn wait_listening(addr: SocketAddr) {
 pub struct ControlPlane {
     proc: Option<Proc>,
     mesh_file: std::path::PathBuf,
+    extra: Vec<String>,
     /// Where proxies connect (`--control-plane`).
     pub addr: SocketAddr,
     pub admin: SocketAddr,
@@ -175,9 +176,15 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts weft-control on `mesh_file` and waits until it is ready.
     pub async fn start(mesh_file: &std::path::Path) -> ControlPlane {
+        Self::start_with(mesh_file, &[]).await
+    }
+
+    /// The same with more flags (e.g. `--identity-dir`).
+    pub async fn start_with(mesh_file: &std::path::Path, extra: &[&str]) -> ControlPlane {
         let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cp = ControlPlane {
             proc: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             mesh_file: mesh_file.to_path_buf(),
             addr: port(()),
             admin: port(()),
@@ -205,6 +212,7 @@ impl ControlPlane {
                 "--admin-listen",
                 &self.admin.to_string(),
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("WEFT_TEST_PROXY_LOG").is_some() {
                 Stdio::inherit()
@@ -223,6 +231,14 @@ impl ControlPlane {
             matches!(crate::http_get(admin, "/ready").await, Ok((200, _))).then_some(())
         })
         .await;
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        crate::http_get(self.admin, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default()
     }
 
     /// Its `/ready` text (source, counts, the last refused change).

@@ -142,6 +142,28 @@ async fn weft_up_spreads_calls_scales_live_refuses_a_typo_and_leaves_nothing_on_
     );
     assert!(t.values().all(|&n| n >= 10), "{t:?}");
 
+    // Each proxy has its workload's identity, from weft-control's CA (kept
+    // in <dir>/identity, keys the owner's only).
+    let s = state(&root);
+    let admin: std::net::SocketAddr = s["replicas"][0]["admin"].as_str().unwrap().parse().unwrap();
+    let page = eventually("square-0's identity", Duration::from_secs(10), || async move {
+        let page = weft_test_support::http_get(admin, "/identity").await.ok()?.1;
+        page.contains("identity: spiffe://cluster.local/ns/default/sa/square")
+            .then_some(page)
+    })
+    .await;
+    assert!(
+        page.contains("dns:square.default.serviceaccount.identity.cluster.local"),
+        "{page}"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = weft_dir.join("identity/issuer.key");
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        let token = weft_dir.join("run/identity/square.token");
+        assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
     let load_started = Instant::now();
     let load = OpenLoad::start(channel.clone(), 200);
     tokio::time::sleep(Duration::from_millis(500)).await;

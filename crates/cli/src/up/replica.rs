@@ -82,6 +82,8 @@ pub struct Launch<'a> {
     pub index: u32,
     pub proxy_bin: &'a Path,
     pub control_plane: SocketAddr,
+    /// The workload's identity token, when it has one.
+    pub token_file: Option<&'a Path>,
     pub logs: &'a Path,
     /// Where the mesh file is: relative commands are found from there.
     pub base: &'a Path,
@@ -117,6 +119,7 @@ impl Replica {
             l.proxy_bin,
             &ProxySpec {
                 name: &name,
+                token_file: l.token_file,
                 control_plane: l.control_plane,
                 outbound: ports.outbound,
                 inbound: Some((ports.inbound, ports.app)),
@@ -201,6 +204,8 @@ fn log_file(logs: &Path, name: &str) -> anyhow::Result<(Stdio, Stdio)> {
 #[derive(Clone, Copy)]
 pub struct ProxySpec<'a> {
     pub name: &'a str,
+    /// Its identity token (`--identity-token-file`).
+    pub token_file: Option<&'a Path>,
     pub control_plane: SocketAddr,
     /// Its outbound listener (the app's `WEFT_OUTBOUND`).
     pub outbound: SocketAddr,
@@ -216,6 +221,7 @@ pub struct ProxySpec<'a> {
 pub fn spawn_proxy(bin: &Path, spec: &ProxySpec<'_>, logs: &Path) -> anyhow::Result<Child> {
     let ProxySpec {
         name,
+        token_file,
         control_plane,
         outbound,
         inbound,
@@ -226,6 +232,9 @@ pub fn spawn_proxy(bin: &Path, spec: &ProxySpec<'_>, logs: &Path) -> anyhow::Res
     let mut cmd = Command::new(bin);
     if health_check {
         cmd.arg("--app-health-check");
+    }
+    if let Some(t) = token_file {
+        cmd.arg("--identity-token-file").arg(t);
     }
     match inbound {
         Some((listen, app)) => cmd

@@ -39,6 +39,8 @@ pub(crate) struct AdminState {
     pub app_health: Option<Arc<std::sync::atomic::AtomicU8>>,
     /// More to say on `/ready` (the control-plane connection).
     pub details: Arc<dyn Fn() -> String + Send + Sync>,
+    /// The workload identity (`--identity-token-file`).
+    pub identity: Option<crate::identity::Identity>,
     /// What admin actions that change state require (`--admin-token`); `None`: they are off.
     pub token: Option<String>,
 }
@@ -115,6 +117,14 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
                 )
             }
         }
+        (&Method::GET, "/identity") => match &state.identity {
+            Some(id) => reply(StatusCode::OK, "text/plain", crate::identity::describe(id)),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no identity: start the proxy with --identity-token-file and --control-plane\n".into(),
+            ),
+        },
         (&Method::GET, "/config") => reply(StatusCode::OK, "application/json", state.config_json.clone()),
         (&Method::GET, "/balancers") => {
             let all: Vec<serde_json::Value> = (state.balancers)()
@@ -131,7 +141,7 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
             let _ = state.shutdown.send(());
             reply(StatusCode::OK, "text/plain", "shutting down\n".into())
         }
-        (_, "/metrics" | "/live" | "/ready" | "/config" | "/balancers" | "/shutdown") => reply(
+        (_, "/metrics" | "/live" | "/ready" | "/config" | "/balancers" | "/identity" | "/shutdown") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".into(),

@@ -139,6 +139,8 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     /// The app's health (`--app-health-check`): 1 serving, 0 not, -1 unknown.
     pub app_serving: Gauge,
+    /// The workload identity's certificate (`--identity-token-file`).
+    pub identity: crate::identity::IdentityMetrics,
     /// 1 while connected to the control plane (`--control-plane`), else 0.
     pub control_plane_connected: Gauge,
     /// Times the control-plane connection was lost or could not be made.
@@ -233,6 +235,7 @@ impl Metrics {
             retries: Family::default(),
             control_plane_connected: Gauge::default(),
             app_serving: Gauge::default(),
+            identity: Default::default(),
             control_plane_disconnects: Counter::default(),
             endpoint_connects: Family::default(),
             endpoint_connect_errors: Family::default(),
@@ -287,6 +290,21 @@ impl Metrics {
             "app_serving",
             "The app's grpc.health.v1 status (--app-health-check): 1 SERVING, 0 NOT_SERVING, -1 unknown or not checked",
             m.app_serving.clone(),
+        );
+        r.register(
+            "identity_cert_expiry_unix_seconds",
+            "When the workload certificate expires (Unix time; 0: none yet)",
+            m.identity.expiry.clone(),
+        );
+        r.register(
+            "identity_certified",
+            "Certificates received from the control plane (the first and each renewal)",
+            m.identity.renewed.clone(),
+        );
+        r.register(
+            "identity_certify_failures",
+            "Attempts to get or renew the certificate that failed (the current one is served meanwhile)",
+            m.identity.failed.clone(),
         );
         r.register(
             "control_plane_connected",

@@ -1,0 +1,211 @@
+//! The proxy's workload identity: a key made here that never leaves the
+//! process, certified by weft-control's Identity service (only a CSR and
+//! the workload's token go out), renewed at 70 % of each certificate's
+//! lifetime (with jitter), retried with backoff while the control plane is
+//! away; the current certificate is served until its replacement arrives.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prost::Message;
+use weft_api::identity as pb;
+
+use crate::grpc_client::{self, CallEnd};
+
+/// Renewal starts at this share of a certificate's lifetime ...
+const RENEW_AT: f64 = 0.7;
+/// ... give or take this share (so that a fleet does not renew at once).
+const RENEW_JITTER: f64 = 0.05;
+/// Retries after a failed renewal: from this, doubling ...
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// ... up to this.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// One Certify call (connect, handshake, answer) may take this long.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A certificate and its key, as TLS will serve it.
+pub struct Certified {
+    /// PKCS #8 (DER); kept in memory only.
+    pub key: Vec<u8>,
+    /// The leaf then the intermediates (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// The trust anchors (DER).
+    pub anchors: Vec<Vec<u8>>,
+    pub info: weft_identity::CertInfo,
+    /// The SPIFFE id it names.
+    pub identity: String,
+}
+
+impl std::fmt::Debug for Certified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certified")
+            .field("identity", &self.identity)
+            .field("not_after", &self.info.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What admin and TLS read: the current certificate, if any, and how the
+/// last attempt went.
+#[derive(Debug, Default)]
+pub struct IdentityState {
+    pub current: Option<Arc<Certified>>,
+    pub last_error: Option<String>,
+    pub renewals: u64,
+}
+
+pub type Identity = Arc<RwLock<IdentityState>>;
+
+/// Metrics of the identity.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityMetrics {
+    /// Unix time the current certificate expires (0: none yet).
+    pub expiry: Gauge,
+    pub renewed: Counter,
+    pub failed: Counter,
+}
+
+/// Starts obtaining and renewing the identity from the control plane at
+/// `control`, proving it with the token in `token_file` (read at each
+/// attempt, so a rotated token is picked up).
+pub fn spawn(control: String, token_file: PathBuf, metrics: IdentityMetrics) -> Identity {
+    let state: Identity = Arc::default();
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut retry = RETRY_FIRST;
+        loop {
+            let wait = match certify(&control, &token_file).await {
+                Ok(c) => {
+                    // Just issued: what is left is its lifetime (its
+                    // not-before lies a minute back, for clock skew).
+                    let left = c.info.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+                    tracing::info!(identity = %c.identity, expires_in = ?left, "certified");
+                    metrics.renewed.inc();
+                    metrics.expiry.set(
+                        c.info
+                            .not_after
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs() as i64),
+                    );
+                    {
+                        let mut st = s.write().unwrap_or_else(|p| p.into_inner());
+                        st.current = Some(Arc::new(c));
+                        st.last_error = None;
+                        st.renewals += 1;
+                    }
+                    retry = RETRY_FIRST;
+                    let share = RENEW_AT + RENEW_JITTER * (2.0 * fastrand::f64() - 1.0);
+                    left.mul_f64(share)
+                }
+                Err(e) => {
+                    metrics.failed.inc();
+                    let mut st = s.write().unwrap_or_else(|p| p.into_inner());
+                    let has = st.current.is_some();
+                    tracing::warn!(error = %e, retry_in = ?retry, serving_the_current = has, "cannot renew the identity");
+                    st.last_error = Some(e);
+                    let wait = retry.mul_f64(0.75 + 0.5 * fastrand::f64());
+                    retry = (retry * 2).min(RETRY_MAX);
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    });
+    state
+}
+
+/// One attempt: a new key and CSR, the token, the control plane's answer.
+async fn certify(control: &str, token_file: &PathBuf) -> Result<Certified, String> {
+    let token =
+        std::fs::read_to_string(token_file).map_err(|e| format!("the identity token {}: {e}", token_file.display()))?;
+    let (key, csr) = weft_identity::request().map_err(|e| format!("a new key: {e}"))?;
+    let request = pb::CertifyRequest {
+        token: token.trim().to_string(),
+        csr,
+    }
+    .encode_to_vec();
+    let answer = tokio::time::timeout(CALL_TIMEOUT, call(control, &request))
+        .await
+        .map_err(|_| format!("weft-control at {control} did not answer within {CALL_TIMEOUT:?}"))??;
+    let r = pb::CertifyResponse::decode(answer).map_err(|e| format!("an undecodable answer: {e}"))?;
+    let info = weft_identity::inspect(&r.leaf).map_err(|e| e.to_string())?;
+    if info.public_key != key.public_key_raw() {
+        return Err("the certificate is not for this proxy's key".into());
+    }
+    weft_identity::verify_chain(&r.leaf, &r.intermediates, &r.anchors)
+        .map_err(|e| format!("the certificate does not chain to its anchors: {e}"))?;
+    let mut chain = vec![r.leaf];
+    chain.extend(r.intermediates);
+    Ok(Certified {
+        key: key.serialize_der(),
+        chain,
+        anchors: r.anchors,
+        info,
+        identity: r.identity,
+    })
+}
+
+async fn call(control: &str, request: &[u8]) -> Result<Bytes, String> {
+    let tcp = tokio::net::TcpStream::connect(control)
+        .await
+        .map_err(|e| format!("weft-control at {control}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (send, driver) = h2::client::handshake(tcp)
+        .await
+        .map_err(|e| format!("weft-control at {control}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    let authority = control;
+    let end = |e: CallEnd| match e {
+        CallEnd::Status(16, m) => format!("weft-control refused the token: {m}"),
+        CallEnd::Status(12, _) => {
+            format!("weft-control at {control} has no Identity service (start it with --identity-dir)")
+        }
+        CallEnd::Status(c, m) => format!("weft-control answered {c}: {m}"),
+        CallEnd::Broken { error, .. } => format!("weft-control at {control}: {error}"),
+    };
+    let mut answers = grpc_client::call(&send, authority, pb::CERTIFY_PATH, request)
+        .await
+        .map_err(end)?;
+    answers.next().await.map_err(end)
+}
+
+/// `/identity` on the admin port.
+pub fn describe(id: &Identity) -> String {
+    let st = id.read().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::new();
+    match &st.current {
+        None => out.push_str("identity: none yet\n"),
+        Some(c) => {
+            let left = c.info.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+            out.push_str(&format!("identity: {}\n", c.identity));
+            out.push_str(&format!("subject: {}\n", c.info.subject));
+            out.push_str(&format!("sans: {}\n", c.info.sans.join(", ")));
+            out.push_str(&format!(
+                "not_after: {} (in {} s)\n",
+                c.info
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                left.as_secs()
+            ));
+            out.push_str(&format!("anchors: {}\n", c.anchors.len()));
+            for a in &c.anchors {
+                if let Ok(i) = weft_identity::inspect(a) {
+                    out.push_str(&format!("  - {}\n", i.subject));
+                }
+            }
+        }
+    }
+    out.push_str(&format!("renewals: {}\n", st.renewals));
+    if let Some(e) = &st.last_error {
+        out.push_str(&format!("last_error: {e}\n"));
+    }
+    out
+}

@@ -533,8 +533,14 @@ fn judge(fault: Fault, calls: &[Call], t0: Instant, t1: Instant, warm: Duration,
             // fails before then, so what was sent to it in that first second
             // is the price of finding out (P2C keeps it small: its calls in
             // flight pile up). After that, only its probes may fail (after
-            // 1 s, 2 s, 4 s ... out, each a call that waits for its deadline).
-            let probes = (length.as_secs_f64().max(1.0).log2().floor() as usize) + 1;
+            // 1 s, 2 s, 4 s ... out, each a call that waits for its deadline),
+            // until the end of the run: the connection that was black-holed
+            // stays stuck after the fault (TCP retransmits, then keepalive)
+            // and takes the probes sent meanwhile. Allowed: ⌈log₂ of the
+            // time from the fault to the end⌉ + 2 (a run where every call
+            // after the first second failed would have hundreds).
+            let until_end = calls.last().map_or(length, |c| c.start.saturating_duration_since(t0));
+            let probes = (until_end.as_secs_f64().max(1.0).log2().ceil() as usize) + 2;
             let first = t0 + Duration::from_millis(1_200);
             let late = failed.iter().filter(|c| c.start > first).count();
             (

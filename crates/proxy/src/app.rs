@@ -105,7 +105,15 @@ impl Proxy {
             .collect(),
             LocalAddrs::read(),
         );
-        let (outbound, inbound, discovery) = routers(&config, &metrics, &own);
+        let identity = match (&config.identity_token_file, &config.control_plane) {
+            (Some(token), Some(cp)) => Some(crate::identity::spawn(
+                cp.clone(),
+                token.clone(),
+                metrics.identity.clone(),
+            )),
+            _ => None,
+        };
+        let (outbound, inbound, discovery) = routers(&config, &metrics, &own, identity.clone());
         let balancers = balancers(&outbound, &inbound);
         registry.register_collector(Box::new(BalancerCollector {
             balancers: balancers.clone(),
@@ -118,14 +126,6 @@ impl Proxy {
                 None
             }
         };
-        let identity = match (&config.identity_token_file, &config.control_plane) {
-            (Some(token), Some(cp)) => Some(crate::identity::spawn(
-                cp.clone(),
-                token.clone(),
-                metrics.identity.clone(),
-            )),
-            _ => None,
-        };
         let (drain_signal, drain_watch) = drain::channel();
         let (shutdown_tx, shutdown_rx) = mpsc::unbounded_channel();
         let ready = Arc::new(AtomicBool::new(true));
@@ -134,7 +134,7 @@ impl Proxy {
             let side = Side::Outbound(Outbound {
                 router: outbound.clone(),
             });
-            let ctx = Arc::new(ServerCtx::new(side, outbound.clone(), metrics.clone(), &config));
+            let ctx = Arc::new(ServerCtx::new(side, outbound.clone(), metrics.clone(), &config, None));
             tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
         }
         if let Some(l) = listeners.inbound {
@@ -142,7 +142,13 @@ impl Proxy {
                 app: config.inbound_forward,
                 own,
             });
-            let ctx = Arc::new(ServerCtx::new(side, inbound.clone(), metrics.clone(), &config));
+            let ctx = Arc::new(ServerCtx::new(
+                side,
+                inbound.clone(),
+                metrics.clone(),
+                &config,
+                identity.clone(),
+            ));
             tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
         }
         drop(drain_watch);
@@ -240,7 +246,12 @@ impl Stop {
 
 /// The outbound router (over discovery) and the inbound one (always the
 /// local app: discovery plays no part).
-fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Router>, Arc<Router>, Arc<dyn Discover>) {
+fn routers(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    own: &OwnAddrs,
+    identity: Option<crate::identity::Identity>,
+) -> (Arc<Router>, Arc<Router>, Arc<dyn Discover>) {
     let discovery: Arc<dyn Discover> = match (&config.discovery_file, &config.control_plane) {
         (Some(path), _) => {
             let m = metrics.clone();
@@ -282,6 +293,7 @@ fn routers(config: &Config, metrics: &Arc<Metrics>, own: &OwnAddrs) -> (Arc<Rout
         sockets: SocketOptions::from_config(config),
         http1_max_connections: config.http1_max_connections as usize,
         http1_idle_timeout: config.http1_idle_timeout,
+        identity,
     });
     let idle = config.balancer_idle_timeout;
     let outbound = Router::new(discovery.clone(), own.clone(), balance.clone(), client.clone(), idle);

@@ -20,6 +20,10 @@ pub struct EndpointMeta {
     pub addr: SocketAddr,
     /// A human name (pod or replica); defaults to the address.
     pub name: Arc<str>,
+    /// The identity it must prove (the DNS form,
+    /// `<sa>.<ns>.serviceaccount.identity.<trust-domain>`): when set, and
+    /// this proxy has a certificate, connections to it are mutual TLS.
+    pub identity: Option<Arc<str>>,
 }
 
 /// What discovery currently says about one target.

@@ -26,7 +26,6 @@ use std::{
 };
 
 use tokio::{
-    net::TcpStream,
     sync::{Notify, watch},
     time::Instant,
 };
@@ -59,6 +58,8 @@ pub(crate) struct ClientParams {
     /// may stay idle in the pool.
     pub http1_max_connections: usize,
     pub http1_idle_timeout: Duration,
+    /// This proxy's workload identity, for TLS to meshed endpoints.
+    pub identity: Option<crate::identity::Identity>,
 }
 
 enum ConnState {
@@ -260,8 +261,8 @@ impl Endpoint {
     }
 
     /// Opens an opaque TCP connection, marking the endpoint failed if it cannot.
-    pub(crate) async fn connect_opaque(&self) -> Result<TcpStream, ProxyError> {
-        match self.connect_tcp().await {
+    pub(crate) async fn connect_opaque(&self) -> Result<weft_splice::Io, ProxyError> {
+        match self.connect(crate::identity::Carries::Opaque).await {
             Ok(s) => {
                 self.connect_worked();
                 Ok(s)

@@ -55,6 +55,8 @@ impl std::fmt::Debug for Certified {
 #[derive(Debug, Default)]
 pub struct IdentityState {
     pub current: Option<Arc<Certified>>,
+    /// TLS configurations made from `current`.
+    pub tls: Option<Arc<Tls>>,
     pub last_error: Option<String>,
     pub renewals: u64,
 }
@@ -92,9 +94,19 @@ pub fn spawn(control: String, token_file: PathBuf, metrics: IdentityMetrics) -> 
                             .duration_since(std::time::UNIX_EPOCH)
                             .map_or(0, |d| d.as_secs() as i64),
                     );
+                    let tls = match tls(&c) {
+                        Ok(t) => Some(Arc::new(t)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the certificate cannot be used for TLS");
+                            None
+                        }
+                    };
                     {
                         let mut st = s.write().unwrap_or_else(|p| p.into_inner());
                         st.current = Some(Arc::new(c));
+                        if tls.is_some() {
+                            st.tls = tls;
+                        }
                         st.last_error = None;
                         st.renewals += 1;
                     }
@@ -208,4 +220,124 @@ pub fn describe(id: &Identity) -> String {
         out.push_str(&format!("last_error: {e}\n"));
     }
     out
+}
+
+// ===== TLS between proxies =====
+
+/// The ALPN protocol ids a meshed connection may carry: HTTP/2, HTTP/1.1,
+/// and opaque TCP (what follows is the app's own bytes: no detection).
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+pub const ALPN_OPAQUE: &[u8] = b"weft.opaque";
+
+/// The TLS configurations made from the current certificate (TLS 1.3 only).
+pub struct Tls {
+    pub server: Arc<rustls::ServerConfig>,
+    client_h2: Arc<rustls::ClientConfig>,
+    client_http1: Arc<rustls::ClientConfig>,
+    client_opaque: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+/// What a connection to an endpoint will carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carries {
+    Http2,
+    Http1,
+    Opaque,
+}
+
+impl Tls {
+    pub fn client(&self, carries: Carries) -> Arc<rustls::ClientConfig> {
+        match carries {
+            Carries::Http2 => self.client_h2.clone(),
+            Carries::Http1 => self.client_http1.clone(),
+            Carries::Opaque => self.client_opaque.clone(),
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Server and client configurations for `c`: each side presents `c` and
+/// verifies the other's certificate against `c`'s anchors.
+pub fn tls(c: &Certified) -> Result<Tls, String> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let provider = provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for a in &c.anchors {
+        roots
+            .add(CertificateDer::from(a.clone()))
+            .map_err(|e| format!("a trust anchor: {e}"))?;
+    }
+    let roots = Arc::new(roots);
+    let chain: Vec<CertificateDer<'static>> = c.chain.iter().map(|d| CertificateDer::from(d.clone())).collect();
+    let key = || PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key.clone()));
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key())
+        .map_err(|e| format!("the certificate: {e}"))?;
+    server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_OPAQUE.to_vec()];
+    let client = |alpn: &[u8]| -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.clone(), key())
+            .map_err(|e| format!("the certificate: {e}"))?;
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(c))
+    };
+    Ok(Tls {
+        server: Arc::new(server),
+        client_h2: client(ALPN_H2)?,
+        client_http1: client(ALPN_HTTP1)?,
+        client_opaque: client(ALPN_OPAQUE)?,
+    })
+}
+
+/// The current TLS configurations, if the proxy has a certificate.
+pub fn current_tls(id: &Identity) -> Option<Arc<Tls>> {
+    id.read().unwrap_or_else(|p| p.into_inner()).tls.clone()
+}
+
+/// Why a handshake failed, as a bounded metric label.
+pub fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(r) = e.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return if e.kind() == std::io::ErrorKind::TimedOut {
+            "timeout"
+        } else {
+            "io"
+        };
+    };
+    match r {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => "unknown_ca",
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "wrong_identity",
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => "expired",
+        Error::NoCertificatesPresented => "no_client_certificate",
+        Error::AlertReceived(_) => "refused_by_peer",
+        _ => "other",
+    }
+}
+
+/// The SPIFFE id of a TLS peer's certificate.
+pub fn peer_identity(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> Option<Arc<str>> {
+    let leaf = certs?.first()?;
+    let info = weft_identity::inspect(leaf).ok()?;
+    info.spiffe().map(Into::into)
 }

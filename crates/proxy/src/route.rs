@@ -111,6 +111,7 @@ impl Router {
                 &[EndpointMeta {
                     addr: *addr,
                     name: addr.to_string().into(),
+                    identity: None,
                 }],
                 self.params.clone(),
                 self.client.clone(),

@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};
-use weft_splice::down::Limits;
+use weft_splice::{Io, down::Limits};
 
 use crate::{
     config::{Config, H2Engine},
@@ -72,10 +72,19 @@ pub(crate) struct ServerCtx {
     splice: Option<Limits>,
     sockets: SocketOptions,
     admission: Arc<Admission>,
+    /// Inbound with a workload identity: TLS from other proxies is
+    /// terminated here (their certificates verified against its anchors).
+    identity: Option<crate::identity::Identity>,
 }
 
 impl ServerCtx {
-    pub(crate) fn new(side: Side, router: Arc<Router>, metrics: Arc<Metrics>, config: &Config) -> Self {
+    pub(crate) fn new(
+        side: Side,
+        router: Arc<Router>,
+        metrics: Arc<Metrics>,
+        config: &Config,
+        identity: Option<crate::identity::Identity>,
+    ) -> Self {
         let per_client = matches!(side, Side::Inbound(_)).then_some(config.max_connections_per_client as usize);
         // Retries go elsewhere: the inbound side has one app.
         let retry_codes = if matches!(side, Side::Inbound(_)) {
@@ -125,6 +134,7 @@ impl ServerCtx {
             }),
             sockets: SocketOptions::from_config(config),
             admission: Admission::new(config.max_connections as usize, per_client),
+            identity,
         }
     }
 }
@@ -159,7 +169,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>, drain: dra
 /// Serves one connection; its place in the listener's admission is given
 /// back when this returns.
 async fn serve_conn(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     _admitted: Admitted,
     ctx: Arc<ServerCtx>,
@@ -183,7 +193,43 @@ async fn serve_conn(
         Target::Fixed(Dest::Addr(addr)) => Some(addr.port()),
         _ => orig_dst.map(|a| a.port()),
     };
-    let detection = transport::detect_protocol(&mut stream, port, &ctx.detect).await;
+    // A TLS ClientHello from another proxy: terminated here, then the
+    // plaintext goes the usual way (an `weft.opaque` ALPN says it is opaque).
+    let mut detect = std::borrow::Cow::Borrowed(&ctx.detect);
+    let mut io = Io::Tcp(stream);
+    let mut opaque_by_alpn = false;
+    if let Some(identity) = &ctx.identity {
+        let Io::Tcp(tcp) = io else { unreachable!("just made") };
+        let started = tokio::time::Instant::now();
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(ctx.detect.timeout, tcp.peek(&mut first)).await;
+        let tls = matches!(peeked, Ok(Ok(1))) && first[0] == 0x16;
+        if !tls {
+            io = Io::Tcp(tcp);
+            let left = ctx.detect.timeout.saturating_sub(started.elapsed());
+            detect = std::borrow::Cow::Owned(DetectParams {
+                timeout: left,
+                opaque_ports: ctx.detect.opaque_ports.clone(),
+            });
+        } else {
+            match accept_tls(tcp, peer, identity, &ctx).await {
+                Some((s, opaque)) => {
+                    io = s;
+                    opaque_by_alpn = opaque;
+                }
+                None => return,
+            }
+        }
+    }
+    let detection = if opaque_by_alpn {
+        transport::Detection {
+            proto: Some(Proto::Opaque),
+            outcome: "tls_opaque",
+            prefix: bytes::BytesMut::new(),
+        }
+    } else {
+        transport::detect_protocol(&mut io, port, &detect).await
+    };
     ctx.metrics
         .detect
         .get_or_create(&DetectLabels {
@@ -204,25 +250,78 @@ async fn serve_conn(
     };
     match (proto, ctx.splice) {
         (Proto::Http2, Some(limits)) => {
-            serve_splice::serve(
-                stream,
-                detection.prefix,
-                meta,
-                ctx.path.clone(),
-                limits,
-                drain.signaled(),
-            )
-            .await;
+            serve_splice::serve(io, detection.prefix, meta, ctx.path.clone(), limits, drain.signaled()).await;
         }
         (Proto::Http2 | Proto::Http1, _) => {
-            let io = PrefixedIo::new(detection.prefix, stream);
+            let io = PrefixedIo::new(detection.prefix, io);
             serve_hyper::serve(io, meta, &ctx.path, &ctx.hyper, drain.signaled()).await;
         }
         // Opaque connections cannot be drained politely: they get the
         // shutdown grace period, then close with the process.
         (Proto::Opaque, _) => {
-            let io = PrefixedIo::new(detection.prefix, stream);
+            let io = PrefixedIo::new(detection.prefix, io);
             tcp::forward(io, &meta, &ctx.router, &ctx.metrics, ctx.fail_fast).await;
+        }
+    }
+}
+
+/// Terminates TLS from another proxy: its certificate must chain to this
+/// proxy's anchors. The stream, and whether it carries opaque TCP (ALPN);
+/// `None` when the handshake failed (counted, logged).
+async fn accept_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    identity: &crate::identity::Identity,
+    ctx: &ServerCtx,
+) -> Option<(Io, bool)> {
+    let count = |result: &'static str| {
+        ctx.metrics
+            .tls_handshakes
+            .get_or_create(&crate::telemetry::metrics::TlsLabels {
+                direction: "inbound",
+                result,
+            })
+            .inc();
+    };
+    // A proxy that just started may be a few milliseconds from its
+    // certificate: wait for it as long as detection would wait for bytes.
+    let until = tokio::time::Instant::now() + ctx.detect.timeout;
+    let tls = loop {
+        if let Some(tls) = crate::identity::current_tls(identity) {
+            break tls;
+        }
+        if tokio::time::Instant::now() >= until {
+            count("no_certificate");
+            tracing::info!(%peer, "a TLS connection arrived and this proxy has no certificate yet; closed");
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+    match tokio::time::timeout(ctx.detect.timeout, acceptor.accept(tcp)).await {
+        Err(_) => {
+            count("timeout");
+            None
+        }
+        Ok(Err(e)) => {
+            let why = crate::identity::handshake_failure(&e);
+            count(why);
+            tracing::info!(%peer, reason = why, error = %e, "TLS handshake refused");
+            None
+        }
+        Ok(Ok(s)) => {
+            count("ok");
+            let (_, conn) = s.get_ref();
+            let client = crate::identity::peer_identity(conn.peer_certificates());
+            let opaque = conn.alpn_protocol() == Some(crate::identity::ALPN_OPAQUE);
+            tracing::debug!(%peer, client = client.as_deref().unwrap_or("?"), opaque, "mutual TLS from a proxy");
+            Some((
+                Io::Wrapped {
+                    stream: Box::new(s),
+                    peer,
+                },
+                opaque,
+            ))
         }
     }
 }

@@ -85,7 +85,11 @@ pub(crate) struct Detection {
 
 /// Decides a connection's protocol: opaque at once when its destination
 /// `port` is marked opaque, else by reading its first bytes.
-pub(crate) async fn detect_protocol(stream: &mut TcpStream, port: Option<u16>, params: &DetectParams) -> Detection {
+pub(crate) async fn detect_protocol<T: tokio::io::AsyncRead + Unpin>(
+    stream: &mut T,
+    port: Option<u16>,
+    params: &DetectParams,
+) -> Detection {
     let mut prefix = BytesMut::new();
     if port.is_some_and(|p| params.opaque_ports.contains(p)) {
         return Detection {

@@ -21,7 +21,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("transport", &["core", "config"]),
     (
         "endpoint",
-        &["core", "config", "error", "discovery", "telemetry", "transport"],
+        &[
+            "core",
+            "config",
+            "error",
+            "discovery",
+            "identity",
+            "telemetry",
+            "transport",
+        ],
     ),
     (
         "balance",
@@ -70,6 +78,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
             "drain",
             "http",
+            "identity",
             "inbound",
             "outbound",
             "route",

@@ -30,10 +30,10 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use tokio::{net::TcpStream, sync::mpsc, time::Instant};
+use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
-    ConnError, Dispatch, DownTx, End, Field, IdMap, Open, StreamKey, Timeouts, ToDown, ToUp, UpTx,
+    ConnError, Dispatch, DownTx, End, Field, IdMap, Io, Open, StreamKey, Timeouts, ToDown, ToUp, UpTx,
     frame::{self, code, flag, kind},
     grpc, headers,
     liveness::{Liveness, Verdict},
@@ -255,7 +255,7 @@ struct Down<D: Dispatch> {
 /// holds the bytes detection read) until it closes or `drain` completes
 /// and its streams are done.
 pub async fn serve<D: Dispatch>(
-    io: TcpStream,
+    io: Io,
     prefix: BytesMut,
     peer: SocketAddr,
     dispatch: Arc<D>,

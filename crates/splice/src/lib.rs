@@ -40,6 +40,7 @@ pub mod grpc;
 mod headers;
 pub mod hpack;
 mod huffman;
+pub mod io;
 mod liveness;
 mod messages;
 pub mod up;
@@ -47,6 +48,7 @@ mod wire;
 
 pub use dispatch::{Answer, Dispatch, End, Failure, RequestHead};
 pub use hpack::Field;
+pub use io::Io;
 pub use liveness::Timeouts;
 pub use messages::{ConnError, DownTx, Open, StreamKey, ToDown, ToUp, UpHandle, UpPhase, UpTx};
 

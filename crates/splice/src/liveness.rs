@@ -162,7 +162,7 @@ mod tests {
             let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
-            let mut wire = Wire::new(tcp, bytes::BytesMut::new(), false, &[], 65_536);
+            let mut wire = Wire::new(tcp.into(), bytes::BytesMut::new(), false, &[], 65_536);
             let mut l = Liveness::new(timeouts());
             let t0 = Instant::now();
             // Short calls, none open at any check, a new one each time.

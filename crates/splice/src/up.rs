@@ -34,13 +34,12 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
-    net::TcpStream,
     sync::{mpsc, watch},
     time::Instant,
 };
 
 use crate::{
-    ConnError, DownTx, Field, IdMap, Open, StreamKey, ToDown, ToUp, UpHandle, UpPhase,
+    ConnError, DownTx, Field, IdMap, Io, Open, StreamKey, ToDown, ToUp, UpHandle, UpPhase,
     frame::{self, code, flag, kind},
     wire::Wire,
 };
@@ -131,16 +130,16 @@ struct Up {
 /// Exchanges SETTINGS with an endpoint over a connected socket, and starts
 /// the connection task. Returns the handle requests are sent on and a watch
 /// of the connection's phase (open, going away, closed).
-pub async fn handshake(tcp: TcpStream, options: Options) -> Result<(UpHandle, watch::Receiver<UpPhase>), String> {
+pub async fn handshake(io: Io, options: Options) -> Result<(UpHandle, watch::Receiver<UpPhase>), String> {
     let max_header_bytes = options.max_header_bytes;
-    let addr = tcp
+    let addr = io
         .peer_addr()
         .map_err(|e| format!("connection lost before the handshake: {e}"))?;
     let settings = Wire::settings(None, max_header_bytes, true);
     let (tx, rx) = mpsc::unbounded_channel();
     let (phase, phase_rx) = watch::channel(UpPhase::Open);
     let mut up = Up {
-        wire: Wire::new(tcp, BytesMut::new(), true, &settings, max_header_bytes),
+        wire: Wire::new(io, BytesMut::new(), true, &settings, max_header_bytes),
         addr,
         rx,
         rx_closed: false,

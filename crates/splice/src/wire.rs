@@ -9,7 +9,8 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
+
+use crate::io::Io;
 
 use crate::{
     CONN_WINDOW, CREDIT_BATCH, ConnError, STREAM_WINDOW,
@@ -31,7 +32,7 @@ pub struct Partial {
 }
 
 pub struct Wire {
-    pub io: TcpStream,
+    pub io: Io,
     pub rbuf: BytesMut,
     pub wbuf: Vec<u8>,
     wpos: usize,
@@ -78,7 +79,7 @@ impl Wire {
 
     /// Wraps a socket, queueing this side's SETTINGS (and, for a client, the
     /// connection preface) and the connection window grant.
-    pub fn new(io: TcpStream, prefix: BytesMut, client: bool, settings: &[(u16, u32)], max_header_list: u32) -> Wire {
+    pub fn new(io: Io, prefix: BytesMut, client: bool, settings: &[(u16, u32)], max_header_list: u32) -> Wire {
         let mut wbuf = Vec::with_capacity(128);
         if client {
             wbuf.extend_from_slice(frame::PREFACE);
@@ -133,8 +134,25 @@ impl Wire {
     /// runs inside `try_io`, so tokio clears readiness only if no event
     /// arrived since before the read (none can be lost).
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let io = match &mut self.io {
+            Io::Tcp(io) => io,
+            Io::Wrapped { stream, .. } => {
+                if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
+                    self.rbuf.reserve(READ_CHUNK);
+                }
+                let n = std::task::ready!(tokio_util::io::poll_read_buf(
+                    std::pin::Pin::new(stream.as_mut()),
+                    cx,
+                    &mut self.rbuf
+                ))?;
+                if n == 0 {
+                    self.read_closed = true;
+                }
+                return Poll::Ready(Ok(n));
+            }
+        };
         loop {
-            match self.io.poll_read_ready(cx) {
+            match io.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -143,7 +161,7 @@ impl Wire {
                 self.rbuf.reserve(READ_CHUNK);
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
-            let (io, rbuf) = (&self.io, &mut self.rbuf);
+            let rbuf = &mut self.rbuf;
             let mut got = None;
             let result = io.try_io(tokio::io::Interest::READABLE, || {
                 let n = io.try_read_buf(rbuf)?;
@@ -181,15 +199,31 @@ impl Wire {
     /// Writes as much output as the socket takes. `Ready(Ok)` when all of it
     /// is written.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wbuf.len() {
-            match self.io.try_write(&self.wbuf[self.wpos..]) {
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.io.poll_write_ready(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                },
-                Err(e) => return Poll::Ready(Err(e)),
+        match &mut self.io {
+            Io::Tcp(io) => {
+                while self.wpos < self.wbuf.len() {
+                    match io.try_write(&self.wbuf[self.wpos..]) {
+                        Ok(n) => self.wpos += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => match io.poll_write_ready(cx) {
+                            Poll::Ready(Ok(())) => continue,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+            }
+            Io::Wrapped { stream, .. } => {
+                let mut stream = std::pin::Pin::new(stream.as_mut());
+                while self.wpos < self.wbuf.len() {
+                    match std::task::ready!(stream.as_mut().poll_write(cx, &self.wbuf[self.wpos..])) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(n) => self.wpos += n,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                // TLS keeps records until flushed.
+                std::task::ready!(stream.poll_flush(cx))?;
             }
         }
         self.wbuf.clear();

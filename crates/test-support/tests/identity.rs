@@ -131,7 +131,7 @@ async fn a_proxy_is_certified_for_its_tokens_identity_and_renews_before_expiry()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_token_is_refused_and_counted_and_the_proxy_still_serves() {
+async fn a_wrong_token_is_refused_and_counted_and_readiness_says_so() {
     let setup = Setup::new();
     let disc = DiscoveryFile::new();
     let cp = setup.control_plane(&disc, "1h").await;
@@ -155,7 +155,11 @@ async fn a_wrong_token_is_refused_and_counted_and_the_proxy_still_serves() {
         "{cpm}"
     );
     assert!(metric(&proxy.metrics().await, "weft_identity_certify_failures_total", &[]) >= 1.0);
-    assert_eq!(weft_test_support::http_get(proxy.admin, "/ready").await.unwrap().0, 200);
+    // Not ready (no certificate for meshed peers), and saying why; alive.
+    let (status, body) = weft_test_support::http_get(proxy.admin, "/ready").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("waiting for the workload certificate"), "{body}");
+    assert_eq!(weft_test_support::http_get(proxy.admin, "/live").await.unwrap().0, 200);
 }
 
 /// An Identity service that records what it is sent, in front of a real CA.

@@ -138,7 +138,9 @@ impl Replica {
             ports,
             phase: Phase::Starting { since: Instant::now() },
             restarts: 0,
-            serving: true,
+            // In service once its proxy's /ready says so (its app serving,
+            // its certificate in hand): the first check follows at once.
+            serving: l.spec.ports.is_empty(),
         })
     }
 

@@ -44,6 +44,7 @@ fn client() -> Arc<ClientParams> {
         },
         http1_max_connections: 1024,
         http1_idle_timeout: Duration::from_secs(4),
+        identity: None,
     })
 }
 
@@ -51,6 +52,7 @@ fn meta(port: u16) -> EndpointMeta {
     EndpointMeta {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         name: format!("ep-{port}").into(),
+        identity: None,
     }
 }
 

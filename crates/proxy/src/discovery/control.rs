@@ -388,6 +388,7 @@ fn apply(endpoints: &mut BTreeMap<SocketAddr, EndpointMeta>, update: pb::Update,
                         EndpointMeta {
                             addr,
                             name: name.into(),
+                            identity: (!e.identity.is_empty()).then(|| e.identity.as_str().into()),
                         },
                     );
                 }

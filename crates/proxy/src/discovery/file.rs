@@ -61,6 +61,7 @@ impl Snapshot {
                 .map(|e| EndpointMeta {
                     addr: e.address,
                     name: e.display_name().into(),
+                    identity: e.identity.as_deref().map(Into::into),
                 })
                 .collect();
             // weft-mesh refused any address claimed twice.

@@ -7,7 +7,8 @@ use std::{sync::Weak, time::Duration};
 use tokio::{net::TcpStream, sync::watch, time::Instant};
 
 use super::{ConnState, Endpoint};
-use weft_splice::UpPhase;
+use crate::identity::Carries;
+use weft_splice::{Io, UpPhase};
 
 /// First reconnect delay; doubles per failure up to [`BACKOFF_MAX`].
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -28,6 +29,64 @@ impl Endpoint {
         self.params.sockets.apply(&stream);
         self.connected();
         Ok(stream)
+    }
+
+    /// Opens a connection to the endpoint for what it `carries`: mutual TLS
+    /// when discovery gave the identity it must prove and this proxy has
+    /// one of its own (the endpoint's certificate must name exactly that
+    /// identity and chain to this proxy's anchors), else plain TCP.
+    pub(super) async fn connect(&self, carries: Carries) -> Result<Io, String> {
+        let tcp = self.connect_tcp().await?;
+        let (Some(expected), Some(identity)) = (&self.meta.identity, &self.params.identity) else {
+            return Ok(Io::Tcp(tcp));
+        };
+        let result = |r: &'static str| {
+            self.params
+                .metrics
+                .tls_handshakes
+                .get_or_create(&crate::telemetry::metrics::TlsLabels {
+                    direction: "outbound",
+                    result: r,
+                })
+                .inc();
+        };
+        // Just started: the certificate may be milliseconds away.
+        let until = Instant::now() + self.params.connect_timeout;
+        let tls = loop {
+            if let Some(tls) = crate::identity::current_tls(identity) {
+                break tls;
+            }
+            if Instant::now() >= until {
+                result("no_certificate");
+                return Err(format!(
+                    "{expected} needs mutual TLS and this proxy has no certificate yet (see /identity)"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let name = rustls_pki_types::ServerName::try_from(expected.to_string())
+            .map_err(|e| format!("the identity {expected} from discovery is not a name: {e}"))?;
+        let connector = tokio_rustls::TlsConnector::from(tls.client(carries));
+        let timeout = self.params.connect_timeout;
+        match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+            Err(_) => {
+                result("timeout");
+                Err(format!("TLS handshake timed out after {timeout:?}"))
+            }
+            Ok(Err(e)) => {
+                let why = crate::identity::handshake_failure(&e);
+                result(why);
+                tracing::info!(endpoint = %self.meta.addr, expected = %expected, reason = why, error = %e, "TLS handshake refused");
+                Err(format!("TLS handshake with {expected} failed ({why}): {e}"))
+            }
+            Ok(Ok(s)) => {
+                result("ok");
+                Ok(Io::Wrapped {
+                    stream: Box::new(s),
+                    peer: self.meta.addr,
+                })
+            }
+        }
     }
 }
 

@@ -185,7 +185,7 @@ impl Endpoint {
             open.fetch_sub(1, Ordering::AcqRel);
             freed.notify_one();
         };
-        let tcp = match self.connect_tcp().await {
+        let tcp = match self.connect(crate::identity::Carries::Http1).await {
             Ok(t) => t,
             Err(e) => {
                 release();

@@ -37,7 +37,7 @@ impl Endpoint {
     /// Connects and completes the HTTP/2 handshake (the endpoint's first
     /// SETTINGS included) with the configured engine.
     pub(super) async fn connect_h2(&self) -> Result<(H2Conn, Phase), String> {
-        let tcp = self.connect_tcp().await?;
+        let tcp = self.connect(crate::identity::Carries::Http2).await?;
         let timeout = self.params.connect_timeout;
         if self.params.engine == H2Engine::Splice {
             let options = up::Options {

@@ -15,7 +15,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 use weft_splice::grpc;
 
 pub(crate) use body::ProxyBody;
@@ -63,7 +63,7 @@ impl HyperServer {
 /// Serves an HTTP/1.1 or HTTP/2 client connection until it closes, or
 /// `drain` completes and its requests are done.
 pub(crate) async fn serve(
-    io: PrefixedIo<TcpStream>,
+    io: PrefixedIo<weft_splice::Io>,
     meta: ConnMeta,
     path: &Arc<RequestPath>,
     server: &HyperServer,

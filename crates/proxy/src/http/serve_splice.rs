@@ -5,7 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use bytes::BytesMut;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 use weft_splice::{Answer, Dispatch, End, Failure, Field, RequestHead, UpTx, down::Limits, grpc};
 
 use super::{Call, Head, Memo, Outcome, RequestPath};
@@ -20,7 +20,7 @@ pub(crate) struct SpliceConn {
 /// Serves an HTTP/2 client connection with the splice engine until it
 /// closes, or `drain` completes and its streams are done.
 pub(crate) async fn serve(
-    io: TcpStream,
+    io: weft_splice::Io,
     prefix: BytesMut,
     meta: ConnMeta,
     path: Arc<RequestPath>,

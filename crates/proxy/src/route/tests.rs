@@ -56,6 +56,7 @@ fn router(discovery: Arc<dyn Discover>, idle: Duration) -> Arc<Router> {
         },
         http1_max_connections: 1024,
         http1_idle_timeout: Duration::from_secs(4),
+        identity: None,
     });
     let own = OwnAddrs::new(
         vec![("outbound", "127.0.0.1:4140".parse().unwrap())],

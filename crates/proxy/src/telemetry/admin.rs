@@ -107,6 +107,19 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
                         (state.details)()
                     ),
                 )
+            } else if state
+                .identity
+                .as_ref()
+                .is_some_and(|id| crate::identity::current_tls(id).is_none())
+            {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "not ready: waiting for the workload certificate (see /identity)\n{}",
+                        (state.details)()
+                    ),
+                )
             } else if state.ready.load(Ordering::Relaxed) {
                 reply(StatusCode::OK, "text/plain", format!("ready\n{}", (state.details)()))
             } else {

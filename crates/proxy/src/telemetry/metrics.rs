@@ -121,6 +121,17 @@ pub struct TcpLabels {
     pub target: Label,
 }
 
+/// Labels of `weft_tls_handshakes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsLabels {
+    /// `outbound` (this proxy connected) or `inbound` (it accepted).
+    pub direction: &'static str,
+    /// `ok`, or why not: `wrong_identity`, `unknown_ca`, `expired`,
+    /// `no_client_certificate`, `refused_by_peer`, `no_certificate`,
+    /// `timeout`, `io`, `other`.
+    pub result: &'static str,
+}
+
 /// All of the proxy's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -141,6 +152,8 @@ pub struct Metrics {
     pub app_serving: Gauge,
     /// The workload identity's certificate (`--identity-token-file`).
     pub identity: crate::identity::IdentityMetrics,
+    /// TLS handshakes between proxies, by side and result.
+    pub tls_handshakes: Family<TlsLabels, Counter>,
     /// 1 while connected to the control plane (`--control-plane`), else 0.
     pub control_plane_connected: Gauge,
     /// Times the control-plane connection was lost or could not be made.
@@ -236,6 +249,7 @@ impl Metrics {
             control_plane_connected: Gauge::default(),
             app_serving: Gauge::default(),
             identity: Default::default(),
+            tls_handshakes: Family::default(),
             control_plane_disconnects: Counter::default(),
             endpoint_connects: Family::default(),
             endpoint_connect_errors: Family::default(),
@@ -290,6 +304,11 @@ impl Metrics {
             "app_serving",
             "The app's grpc.health.v1 status (--app-health-check): 1 SERVING, 0 NOT_SERVING, -1 unknown or not checked",
             m.app_serving.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes between proxies: direction (outbound: this proxy connected; inbound: it accepted) and result (ok, or why it failed)",
+            m.tls_handshakes.clone(),
         );
         r.register(
             "identity_cert_expiry_unix_seconds",

@@ -1,0 +1,357 @@
+//! Mutual TLS between proxies: a client's outbound proxy connects to the
+//! endpoint's inbound proxy over TLS when discovery names the endpoint's
+//! identity, and each side checks the other's certificate. A relay between
+//! the two records the bytes: no plaintext with TLS, plaintext without. A
+//! server with the wrong identity, from another trust anchor or with an
+//! expired certificate, and a client with no certificate, are refused,
+//! counted, and reach no app.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_api::square::{Input, square_client::SquareClient};
+use weft_demo::square::{self, SquareOptions};
+use weft_test_support::{DiscoveryFile, TestProxy, eventually, metric, process::ControlPlane};
+
+const SVC: &str = "square.test:50051";
+const SQUARE_ID: &str = "square.default.serviceaccount.identity.cluster.local";
+
+/// A TCP relay to `to` that keeps every byte it passes, both ways.
+struct Relay {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let s = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, s.clone()));
+                tokio::spawn(pipe(sr, cw, s.clone()));
+            }
+        });
+        Relay { addr, seen }
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// Copies one direction, keeping what passes.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut into: tokio::net::tcp::OwnedWriteHalf,
+    seen: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 16 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 || into.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+    }
+    let _ = into.shutdown().await;
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A CA directory, tokens for `square` and `client`, their token files.
+struct Ids {
+    dir: tempfile::TempDir,
+}
+
+impl Ids {
+    fn new() -> Ids {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tokens = weft_identity::Tokens::default();
+        for sa in ["square", "client"] {
+            let token = weft_identity::new_token();
+            tokens.0.insert(
+                token.clone(),
+                weft_identity::TokenIdentity {
+                    namespace: "default".into(),
+                    service_account: sa.into(),
+                },
+            );
+            std::fs::write(dir.path().join(format!("{sa}.token")), &token).unwrap();
+        }
+        tokens.write(&dir.path().join("tokens.yaml")).unwrap();
+        Ids { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    async fn control_plane(&self, disc: &DiscoveryFile) -> ControlPlane {
+        ControlPlane::start_with(
+            &disc.path,
+            &[
+                "--identity-dir",
+                &self.path("ca"),
+                "--identity-tokens",
+                &self.path("tokens.yaml"),
+            ],
+        )
+        .await
+    }
+
+    /// A proxy with this identity, asking `cp`.
+    async fn proxy(&self, cp: &ControlPlane, sa: &str, extra: &[&str]) -> TestProxy {
+        let token = self.path(&format!("{sa}.token"));
+        let cp = cp.addr.to_string();
+        let mut args = vec!["--control-plane", cp.as_str(), "--identity-token-file", token.as_str()];
+        args.extend_from_slice(extra);
+        let p = TestProxy::start(&args).await;
+        eventually("a certificate", Duration::from_secs(10), || async {
+            let page = weft_test_support::http_get(p.admin, "/identity").await.ok()?.1;
+            page.contains("identity: spiffe://").then_some(())
+        })
+        .await;
+        p
+    }
+}
+
+fn mesh(endpoint: SocketAddr, identity: Option<&str>) -> String {
+    match identity {
+        Some(id) => {
+            format!("services:\n  {SVC}:\n    endpoints:\n      - address: {endpoint}\n        identity: {id}\n")
+        }
+        None => format!("services:\n  {SVC}:\n    endpoints: [{endpoint}]\n"),
+    }
+}
+
+/// Waits for weft-control to serve the mesh file's one service.
+async fn serving(cp: &ControlPlane) {
+    eventually(
+        "weft-control to serve the mesh file",
+        Duration::from_secs(5),
+        || async { cp.ready().await.contains("services: 1").then_some(()) },
+    )
+    .await;
+}
+
+fn tls_count(m: &str, direction: &str, result: &str) -> f64 {
+    metric(
+        m,
+        "weft_tls_handshakes_total",
+        &[("direction", direction), ("result", result)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_proxies_the_bytes_are_encrypted_and_without_an_identity_they_are_not() {
+    let app = square::spawn(SquareOptions::named("square-secret-host")).await.unwrap();
+    let ids = Ids::new();
+    let disc = DiscoveryFile::new();
+    let cp = ids.control_plane(&disc).await;
+    let inbound = ids
+        .proxy(&cp, "square", &["--inbound-forward", &app.addr.to_string()])
+        .await;
+    let relay = Relay::start(inbound.inbound).await;
+    disc.write(&mesh(relay.addr, Some(SQUARE_ID)));
+    serving(&cp).await;
+    let client = ids.proxy(&cp, "client", &[]).await;
+
+    let mut sq = SquareClient::new(client.channel(SVC).await);
+    let out = eventually("a call over mutual TLS", Duration::from_secs(10), || {
+        let mut sq = sq.clone();
+        async move { sq.square(Input { value: 12_345 }).await.ok() }
+    })
+    .await
+    .into_inner();
+    assert_eq!(
+        (out.result, out.hostname.as_str()),
+        (12_345 * 12_345, "square-secret-host")
+    );
+    for _ in 0..20 {
+        sq.square(Input { value: 7 }).await.unwrap();
+    }
+    let wire = relay.take();
+    assert!(wire.len() > 1000, "the relay saw {} bytes", wire.len());
+    assert!(
+        !contains(&wire, b"square-secret-host"),
+        "the answer's payload crossed in plaintext"
+    );
+    assert!(
+        !contains(&wire, b"PRI * HTTP/2.0"),
+        "the HTTP/2 preface crossed in plaintext"
+    );
+    assert!(tls_count(&client.metrics().await, "outbound", "ok") >= 1.0);
+    assert!(tls_count(&inbound.metrics().await, "inbound", "ok") >= 1.0);
+
+    // Without the identity in discovery: plain TCP, and the relay reads it all.
+    disc.write(&mesh(relay.addr, None));
+    eventually("a plaintext call", Duration::from_secs(10), || {
+        let mut sq = sq.clone();
+        let relay = &relay;
+        async move {
+            sq.square(Input { value: 3 }).await.ok()?;
+            contains(&relay.take(), b"square-secret-host").then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_the_wrong_identity_is_refused_and_counted() {
+    let app = square::spawn(SquareOptions::named("square-0")).await.unwrap();
+    let ids = Ids::new();
+    let disc = DiscoveryFile::new();
+    let cp = ids.control_plane(&disc).await;
+    let inbound = ids
+        .proxy(&cp, "square", &["--inbound-forward", &app.addr.to_string()])
+        .await;
+    disc.write(&mesh(
+        inbound.inbound,
+        Some("other.default.serviceaccount.identity.cluster.local"),
+    ));
+    serving(&cp).await;
+    let client = ids.proxy(&cp, "client", &[]).await;
+    let mut sq = SquareClient::new(client.channel(SVC).await);
+    let mut req = tonic::Request::new(Input { value: 2 });
+    req.set_timeout(Duration::from_secs(5));
+    let err = sq.square(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("wrong_identity"), "{err:?}");
+    assert!(tls_count(&client.metrics().await, "outbound", "wrong_identity") >= 1.0);
+    assert_eq!(app.stats().calls, 0, "the app saw a call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_from_another_trust_anchor_is_refused() {
+    let app = square::spawn(SquareOptions::named("square-0")).await.unwrap();
+    let (ours, theirs) = (Ids::new(), Ids::new());
+    let (disc, other_disc) = (DiscoveryFile::new(), DiscoveryFile::new());
+    let cp = ours.control_plane(&disc).await;
+    let other_cp = theirs.control_plane(&other_disc).await;
+    // The server proxy is certified by another CA.
+    let inbound = theirs
+        .proxy(&other_cp, "square", &["--inbound-forward", &app.addr.to_string()])
+        .await;
+    disc.write(&mesh(inbound.inbound, Some(SQUARE_ID)));
+    serving(&cp).await;
+    let client = ours.proxy(&cp, "client", &[]).await;
+    let mut sq = SquareClient::new(client.channel(SVC).await);
+    let mut req = tonic::Request::new(Input { value: 2 });
+    req.set_timeout(Duration::from_secs(5));
+    let err = sq.square(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(tls_count(&client.metrics().await, "outbound", "unknown_ca") >= 1.0);
+    assert_eq!(app.stats().calls, 0, "the app saw a call");
+}
+
+/// A raw TLS client that trusts the mesh's anchors but shows no certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_certificate_is_refused_and_reaches_no_app() {
+    let app = square::spawn(SquareOptions::named("square-0")).await.unwrap();
+    let ids = Ids::new();
+    let disc = DiscoveryFile::new();
+    let cp = ids.control_plane(&disc).await;
+    let inbound = ids
+        .proxy(&cp, "square", &["--inbound-forward", &app.addr.to_string()])
+        .await;
+    let anchors =
+        weft_identity::certs_from_pem(&std::fs::read_to_string(ids.dir.path().join("ca/anchors.pem")).unwrap())
+            .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for a in anchors {
+        roots.add(rustls_pki_types::CertificateDer::from(a)).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(inbound.inbound).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(SQUARE_ID).unwrap();
+    // TLS 1.3: the client's handshake completes before the server has
+    // checked it; the refusal comes as an alert on the first read.
+    let outcome = async {
+        let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        let mut b = [0u8; 64];
+        s.read(&mut b).await
+    };
+    let r = tokio::time::timeout(Duration::from_secs(5), outcome).await.unwrap();
+    assert!(
+        !matches!(r, Ok(n) if n > 0),
+        "the server answered a client with no certificate: {r:?}"
+    );
+    eventually("the refusal counted", Duration::from_secs(5), || async {
+        (tls_count(&inbound.metrics().await, "inbound", "no_client_certificate") >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(app.stats().calls, 0);
+}
+
+/// A server whose certificate (right identity, right CA) has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused() {
+    let ids = Ids::new();
+    let disc = DiscoveryFile::new();
+    let cp = ids.control_plane(&disc).await;
+    let client = ids.proxy(&cp, "client", &[]).await;
+    // Sign an expired certificate for `square` with the CA's own issuer.
+    let ca = ids.dir.path().join("ca");
+    let issuer_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca.join("issuer.key")).unwrap()).unwrap();
+    let issuer_pem = std::fs::read_to_string(ca.join("issuer.pem")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&issuer_pem, issuer_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![SQUARE_ID.to_string()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let issuer_der = weft_identity::certs_from_pem(&issuer_pem).unwrap().remove(0);
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone(), rustls_pki_types::CertificateDer::from(issuer_der)],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    disc.write(&mesh(addr, Some(SQUARE_ID)));
+    serving(&cp).await;
+    let mut sq = SquareClient::new(client.channel(SVC).await);
+    let mut req = tonic::Request::new(Input { value: 2 });
+    req.set_timeout(Duration::from_secs(5));
+    let err = sq.square(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let m = client.metrics().await;
+    assert!(
+        tls_count(&m, "outbound", "expired") >= 1.0,
+        "{err:?} {}",
+        m.lines()
+            .filter(|l| l.contains("tls_handshakes"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -95,6 +95,9 @@ pub(crate) struct Balancer {
     /// Set when the router evicted the balancer: cached references to it
     /// must be refreshed.
     closed: AtomicBool,
+    /// What [`Balancer::route`] may answer without the lock: 0 discovery
+    /// has not answered, 1 the service has no routes, 2 it has some.
+    routes_known: std::sync::atomic::AtomicU8,
     /// Failure accrual's policy and how many endpoints are out.
     gate: Arc<Gate>,
     /// Retries to this target, within a share of its requests.
@@ -133,6 +136,7 @@ impl Balancer {
             last_used_ms: AtomicU64::new(0),
             alive: watch::channel(()).0,
             closed: AtomicBool::new(false),
+            routes_known: std::sync::atomic::AtomicU8::new(0),
             gate,
             budget,
         })
@@ -185,6 +189,10 @@ impl Balancer {
                 st.known = Known::Unknown;
             }
             Resolution::Endpoints(metas, routes) => {
+                self.routes_known.store(
+                    if routes.0.is_empty() { 1 } else { 2 },
+                    std::sync::atomic::Ordering::Release,
+                );
                 st.routes = routes;
                 // Matched by address in one pass: O(N) for N endpoints. A
                 // new endpoint starts at the typical score (1.0), neither
@@ -294,6 +302,11 @@ impl Balancer {
     /// codes and its timeout, where a route says; `None` while discovery has
     /// not answered (the routes are not known yet).
     pub(crate) fn route(&self, path: &str) -> Option<(Option<u32>, Option<Duration>)> {
+        match self.routes_known.load(std::sync::atomic::Ordering::Acquire) {
+            0 => return None,
+            1 => return Some((None, None)),
+            _ => {}
+        }
         let st = lock(&self.state);
         if !matches!(st.known, Known::Endpoints) {
             return None;

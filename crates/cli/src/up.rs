@@ -51,6 +51,10 @@ pub struct UpArgs {
     /// screen (the default when the output is not a terminal).
     #[arg(long)]
     pub plain: bool,
+    /// How long the proxies' certificates live (renewed at 70 %): 24h, or
+    /// 10s to watch rotation happen.
+    #[arg(long, default_value = "24h")]
+    pub cert_lifetime: String,
 }
 
 /// The entry proxy's address when neither the file nor --entry says.
@@ -124,6 +128,7 @@ struct Up {
     /// Tokens of the workloads' identities (and the CA directory).
     identities: identity::Identities,
     ca_dir: PathBuf,
+    cert_lifetime: String,
     dirs: RunDir,
     logs: PathBuf,
     proxy_bin: PathBuf,
@@ -209,6 +214,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         mesh: MeshFile::default(),
         identities: identity::Identities::new(&dirs.run)?,
         ca_dir: args.dir.join("identity"),
+        cert_lifetime: args.cert_lifetime.clone(),
     };
     let result = up.main(mesh, entry_addr, cmd_rx).await;
     up.stop_all().await;
@@ -546,6 +552,7 @@ impl Up {
             .arg(&self.ca_dir)
             .arg("--identity-tokens")
             .arg(self.identities.tokens_file())
+            .args(["--cert-lifetime", &self.cert_lifetime])
             .args(["--listen", &self.control.addr.to_string()])
             .args(["--admin-listen", &self.control.admin.to_string()])
             .stdin(std::process::Stdio::null())

@@ -645,7 +645,7 @@ fn write_report(args: &Args, rows: &[Row], started: &str) -> anyhow::Result<()> 
         if args.quick {
             "; short form: 4 s faults"
         } else {
-            "; faults of 30 s, the control plane 60 s"
+            "; faults of 30 s, the control plane and certificate rotation 60 s"
         },
     ));
     s.push_str("| scenario | calls | failed | failed, unsavable (in flight at the fault) | p99 before (ms) | p99 during the fault (ms) | recovered after (s) | goal | met | |\n|---|---|---|---|---|---|---|---|---|---|\n");

@@ -137,6 +137,17 @@ fn mesh(endpoint: SocketAddr, identity: Option<&str>) -> String {
     }
 }
 
+/// A call through `client` that must fail with UNAVAILABLE (its endpoint
+/// refused): the status.
+async fn refused_call(client: &TestProxy) -> tonic::Status {
+    let mut sq = SquareClient::new(client.channel(SVC).await);
+    let mut req = tonic::Request::new(Input { value: 2 });
+    req.set_timeout(Duration::from_secs(5));
+    let err = sq.square(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    err
+}
+
 /// Waits for weft-control to serve the mesh file's one service.
 async fn serving(cp: &ControlPlane) {
     eventually(
@@ -224,11 +235,7 @@ async fn a_server_with_the_wrong_identity_is_refused_and_counted() {
     ));
     serving(&cp).await;
     let client = ids.proxy(&cp, "client", &[]).await;
-    let mut sq = SquareClient::new(client.channel(SVC).await);
-    let mut req = tonic::Request::new(Input { value: 2 });
-    req.set_timeout(Duration::from_secs(5));
-    let err = sq.square(req).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = refused_call(&client).await;
     assert!(err.message().contains("wrong_identity"), "{err:?}");
     assert!(tls_count(&client.metrics().await, "outbound", "wrong_identity") >= 1.0);
     assert_eq!(app.stats().calls, 0, "the app saw a call");
@@ -248,11 +255,7 @@ async fn a_server_from_another_trust_anchor_is_refused() {
     disc.write(&mesh(inbound.inbound, Some(SQUARE_ID)));
     serving(&cp).await;
     let client = ours.proxy(&cp, "client", &[]).await;
-    let mut sq = SquareClient::new(client.channel(SVC).await);
-    let mut req = tonic::Request::new(Input { value: 2 });
-    req.set_timeout(Duration::from_secs(5));
-    let err = sq.square(req).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    refused_call(&client).await;
     assert!(tls_count(&client.metrics().await, "outbound", "unknown_ca") >= 1.0);
     assert_eq!(app.stats().calls, 0, "the app saw a call");
 }
@@ -340,11 +343,7 @@ async fn an_expired_certificate_is_refused() {
     });
     disc.write(&mesh(addr, Some(SQUARE_ID)));
     serving(&cp).await;
-    let mut sq = SquareClient::new(client.channel(SVC).await);
-    let mut req = tonic::Request::new(Input { value: 2 });
-    req.set_timeout(Duration::from_secs(5));
-    let err = sq.square(req).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let err = refused_call(&client).await;
     let m = client.metrics().await;
     assert!(
         tls_count(&m, "outbound", "expired") >= 1.0,

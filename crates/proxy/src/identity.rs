@@ -308,6 +308,20 @@ pub fn tls(c: &Certified) -> Result<Tls, String> {
     })
 }
 
+/// The TLS configurations once the proxy has a certificate, waiting until
+/// `until` at most (a proxy that just started is milliseconds from it).
+pub async fn wait_tls(id: &Identity, until: tokio::time::Instant) -> Option<Arc<Tls>> {
+    loop {
+        if let Some(tls) = current_tls(id) {
+            return Some(tls);
+        }
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The current TLS configurations, if the proxy has a certificate.
 pub fn current_tls(id: &Identity) -> Option<Arc<Tls>> {
     id.read().unwrap_or_else(|p| p.into_inner()).tls.clone()

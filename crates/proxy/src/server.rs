@@ -283,19 +283,12 @@ async fn accept_tls(
             })
             .inc();
     };
-    // A proxy that just started may be a few milliseconds from its
-    // certificate: wait for it as long as detection would wait for bytes.
+    // Wait for the certificate as long as detection would wait for bytes.
     let until = tokio::time::Instant::now() + ctx.detect.timeout;
-    let tls = loop {
-        if let Some(tls) = crate::identity::current_tls(identity) {
-            break tls;
-        }
-        if tokio::time::Instant::now() >= until {
-            count("no_certificate");
-            tracing::info!(%peer, "a TLS connection arrived and this proxy has no certificate yet; closed");
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let Some(tls) = crate::identity::wait_tls(identity, until).await else {
+        count("no_certificate");
+        tracing::info!(%peer, "a TLS connection arrived and this proxy has no certificate yet; closed");
+        return None;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
     match tokio::time::timeout(ctx.detect.timeout, acceptor.accept(tcp)).await {

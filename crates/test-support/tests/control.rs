@@ -11,6 +11,30 @@ use weft_test_support::{DiscoveryFile, OpenLoad, TestProxy, eventually, metric, 
 const SVC: &str = "square.test:50051";
 
 /// The endpoint names a proxy's balancer for SVC lists (admin /balancers).
+/// A `Get(authority)` watch and its first message (within 2 s).
+async fn first_update(
+    client: &mut DestinationClient<tonic::transport::Channel>,
+    authority: &str,
+) -> (
+    weft_api::destination::Update,
+    tonic::Streaming<weft_api::destination::Update>,
+) {
+    let mut stream = client
+        .get(GetDestination {
+            authority: authority.into(),
+            context: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (first, stream)
+}
+
 async fn listed(proxy: &TestProxy) -> Vec<String> {
     let b = proxy.balancers().await;
     let mut names: Vec<String> = b
@@ -237,19 +261,7 @@ async fn an_unknown_service_is_answered_at_once() {
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 
     // A known service with no endpoints: an empty snapshot.
-    let mut stream = client
-        .get(GetDestination {
-            authority: SVC.into(),
-            context: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(2), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (first, stream) = first_update(&mut client, SVC).await;
     assert!(
         matches!(first.kind, Some(weft_api::destination::update::Kind::Snapshot(ref s)) if s.endpoints.is_empty()),
         "{first:?}"
@@ -323,19 +335,7 @@ async fn routes_reach_the_proxies_through_the_control_plane_and_change_live() {
 
     // What weft-control sends: the route in the snapshot.
     let mut client = DestinationClient::connect(format!("http://{}", cp.addr)).await.unwrap();
-    let mut stream = client
-        .get(GetDestination {
-            authority: SVC.into(),
-            context: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(2), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (first, _stream) = first_update(&mut client, SVC).await;
     let Some(weft_api::destination::update::Kind::Snapshot(s)) = first.kind else {
         panic!("{first:?}")
     };

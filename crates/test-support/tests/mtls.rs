@@ -128,6 +128,35 @@ impl Ids {
     }
 }
 
+/// The server side: an app named `name`, the CA and weft-control, and the
+/// app's inbound proxy certified as `square`.
+struct Server {
+    app: square::SquareHandle,
+    ids: Ids,
+    disc: DiscoveryFile,
+    cp: ControlPlane,
+    inbound: TestProxy,
+}
+
+impl Server {
+    async fn start(name: &str) -> Server {
+        let app = square::spawn(SquareOptions::named(name)).await.unwrap();
+        let ids = Ids::new();
+        let disc = DiscoveryFile::new();
+        let cp = ids.control_plane(&disc).await;
+        let inbound = ids
+            .proxy(&cp, "square", &["--inbound-forward", &app.addr.to_string()])
+            .await;
+        Server {
+            app,
+            ids,
+            disc,
+            cp,
+            inbound,
+        }
+    }
+}
+
 fn mesh(endpoint: SocketAddr, identity: Option<&str>) -> String {
     match identity {
         Some(id) => {
@@ -168,13 +197,13 @@ fn tls_count(m: &str, direction: &str, result: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn between_proxies_the_bytes_are_encrypted_and_without_an_identity_they_are_not() {
-    let app = square::spawn(SquareOptions::named("square-secret-host")).await.unwrap();
-    let ids = Ids::new();
-    let disc = DiscoveryFile::new();
-    let cp = ids.control_plane(&disc).await;
-    let inbound = ids
-        .proxy(&cp, "square", &["--inbound-forward", &app.addr.to_string()])
-        .await;
+    let Server {
+        app: _app,
+        ids,
+        disc,
+        cp,
+        inbound,
+    } = Server::start("square-secret-host").await;
     let relay = Relay::start(inbound.inbound).await;
     disc.write(&mesh(relay.addr, Some(SQUARE_ID)));
     serving(&cp).await;
@@ -222,13 +251,13 @@ async fn between_proxies_the_bytes_are_encrypted_and_without_an_identity_they_ar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_the_wrong_identity_is_refused_and_counted() {
-    let app = square::spawn(SquareOptions::named("square-0")).await.unwrap();
-    let ids = Ids::new();
-    let disc = DiscoveryFile::new();
-    let cp = ids.control_plane(&disc).await;
-    let inbound = ids
-        .proxy(&cp, "square", &["--inbound-forward", &app.addr.to_string()])
-        .await;
+    let Server {
+        app,
+        ids,
+        disc,
+        cp,
+        inbound,
+    } = Server::start("square-0").await;
     disc.write(&mesh(
         inbound.inbound,
         Some("other.default.serviceaccount.identity.cluster.local"),
@@ -263,13 +292,13 @@ async fn a_server_from_another_trust_anchor_is_refused() {
 /// A raw TLS client that trusts the mesh's anchors but shows no certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_a_certificate_is_refused_and_reaches_no_app() {
-    let app = square::spawn(SquareOptions::named("square-0")).await.unwrap();
-    let ids = Ids::new();
-    let disc = DiscoveryFile::new();
-    let cp = ids.control_plane(&disc).await;
-    let inbound = ids
-        .proxy(&cp, "square", &["--inbound-forward", &app.addr.to_string()])
-        .await;
+    let Server {
+        app,
+        ids,
+        disc: _disc,
+        cp: _cp,
+        inbound,
+    } = Server::start("square-0").await;
     let anchors =
         weft_identity::certs_from_pem(&std::fs::read_to_string(ids.dir.path().join("ca/anchors.pem")).unwrap())
             .unwrap();

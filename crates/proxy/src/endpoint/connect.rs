@@ -50,19 +50,12 @@ impl Endpoint {
                 })
                 .inc();
         };
-        // Just started: the certificate may be milliseconds away.
         let until = Instant::now() + self.params.connect_timeout;
-        let tls = loop {
-            if let Some(tls) = crate::identity::current_tls(identity) {
-                break tls;
-            }
-            if Instant::now() >= until {
-                result("no_certificate");
-                return Err(format!(
-                    "{expected} needs mutual TLS and this proxy has no certificate yet (see /identity)"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let Some(tls) = crate::identity::wait_tls(identity, until).await else {
+            result("no_certificate");
+            return Err(format!(
+                "{expected} needs mutual TLS and this proxy has no certificate yet (see /identity)"
+            ));
         };
         let name = rustls_pki_types::ServerName::try_from(expected.to_string())
             .map_err(|e| format!("the identity {expected} from discovery is not a name: {e}"))?;

@@ -196,31 +196,29 @@ async fn serve_conn(
     // A TLS ClientHello from another proxy: terminated here, then the
     // plaintext goes the usual way (an `weft.opaque` ALPN says it is opaque).
     let mut detect = std::borrow::Cow::Borrowed(&ctx.detect);
-    let mut io = Io::Tcp(stream);
     let mut opaque_by_alpn = false;
-    if let Some(identity) = &ctx.identity {
-        let Io::Tcp(tcp) = io else { unreachable!("just made") };
-        let started = tokio::time::Instant::now();
-        let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(ctx.detect.timeout, tcp.peek(&mut first)).await;
-        let tls = matches!(peeked, Ok(Ok(1))) && first[0] == 0x16;
-        if !tls {
-            io = Io::Tcp(tcp);
-            let left = ctx.detect.timeout.saturating_sub(started.elapsed());
-            detect = std::borrow::Cow::Owned(DetectParams {
-                timeout: left,
-                opaque_ports: ctx.detect.opaque_ports.clone(),
-            });
-        } else {
-            match accept_tls(tcp, peer, identity, &ctx).await {
-                Some((s, opaque)) => {
-                    io = s;
-                    opaque_by_alpn = opaque;
-                }
-                None => return,
+    let mut io = match &ctx.identity {
+        None => Io::Tcp(stream),
+        Some(identity) => {
+            let started = tokio::time::Instant::now();
+            let mut first = [0u8; 1];
+            let peeked = tokio::time::timeout(ctx.detect.timeout, stream.peek(&mut first)).await;
+            if matches!(peeked, Ok(Ok(1))) && first[0] == 0x16 {
+                let Some((tls, opaque)) = accept_tls(stream, peer, identity, &ctx).await else {
+                    return;
+                };
+                opaque_by_alpn = opaque;
+                tls
+            } else {
+                // Detection gets what is left of its time.
+                detect = std::borrow::Cow::Owned(DetectParams {
+                    timeout: ctx.detect.timeout.saturating_sub(started.elapsed()),
+                    opaque_ports: ctx.detect.opaque_ports.clone(),
+                });
+                Io::Tcp(stream)
             }
         }
-    }
+    };
     let detection = if opaque_by_alpn {
         transport::Detection {
             proto: Some(Proto::Opaque),

@@ -8,7 +8,7 @@ use weft_load::Summary;
 
 use crate::{
     procs::{self, LOAD_CORE},
-    target::{Bins, SERVICE},
+    target::{Bins, SERVICE, TlsClient},
 };
 
 /// The `weft-load` command line for `port` with extra arguments.
@@ -153,4 +153,41 @@ pub fn hold_streams(bins: &Bins, port: u16, streams: usize, hold: f64) -> anyhow
     // Keep draining its stderr, so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     Ok(child)
+}
+
+/// What `weft-handshake` counted.
+#[derive(Debug, serde::Deserialize)]
+pub struct Handshakes {
+    pub handshakes: u64,
+    pub per_sec: f64,
+    pub errors: u64,
+}
+
+/// New mTLS connections to `tls`'s listener for `seconds`, `concurrency`
+/// at once, from the load core.
+pub fn handshakes(bins: &Bins, tls: &TlsClient, seconds: f64, concurrency: usize) -> anyhow::Result<Handshakes> {
+    let f = &tls.files;
+    let out = Command::new("taskset")
+        .args(["-c", LOAD_CORE])
+        .arg(bins.get("weft-handshake"))
+        .args(["--target", &format!("127.0.0.1:{}", tls.port)])
+        .args(["--ca", &f.anchors.display().to_string()])
+        .args(["--cert", &f.chain.display().to_string()])
+        .args(["--key", &f.key.display().to_string()])
+        .args(["--server-name", &tls.server_name])
+        .args(["--duration", &seconds.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .output()
+        .context("cannot run weft-handshake")?;
+    if !out.status.success() {
+        bail!("weft-handshake failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let h: Handshakes = serde_json::from_slice(&out.stdout).context("weft-handshake printed no summary")?;
+    if h.handshakes == 0 {
+        bail!(
+            "weft-handshake completed no handshake: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(h)
 }

@@ -151,6 +151,8 @@ impl Setup {
             bins.dir.join("square"),
             bins.dir.join("weft-load"),
             bins.dir.join("weft-attack"),
+            bins.dir.join("weft-handshake"),
+            bins.dir.join("weft-control"),
         ]
         .into_iter()
         .chain(proxies)
@@ -195,12 +197,19 @@ fn write_report(args: &Args, setup: &Setup, records: &[run::Record], started: &s
     if let Some(names) = &args.scenarios {
         command.push_str(&format!(" --scenarios {}", names.join(",")));
     }
+    if args.plan != std::path::Path::new("bench/scenarios.yaml") {
+        command.push_str(&format!(" --plan {}", args.plan.display()));
+    }
+    if let Some(out) = &args.out {
+        command.push_str(&format!(" --out {}", out.display()));
+    }
     let mut proxy = args.proxy.display().to_string();
     for (name, path) in &setup.bins.other_proxies {
         proxy.push_str(&format!("`; `@{name}`: `{}", path.display()));
     }
     let cx = report::Context {
         command: &command,
+        plan: &args.plan.display().to_string(),
         started,
         passes: setup.profile.passes,
         proxy: &proxy,

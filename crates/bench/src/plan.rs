@@ -112,6 +112,17 @@ pub enum Load {
         #[serde(default)]
         count: Option<usize>,
     },
+    /// New mutual-TLS connections to the target's first inbound hop, as
+    /// fast as it takes them, for the profile's `max_duration`
+    /// (`weft-handshake`; the two-hop TLS targets only).
+    Handshakes {
+        #[serde(default = "eight")]
+        concurrency: usize,
+    },
+}
+
+fn eight() -> usize {
+    8
 }
 
 /// An attack run beside a scenario's load (`weft-attack --help`).
@@ -303,6 +314,8 @@ mod tests {
         let lab = Plan::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/lab.yaml")).unwrap();
         assert!(lab.scenarios.iter().any(|s| s.endpoints == Some(300)));
         assert!(lab.scenarios.iter().any(|s| s.join.is_some()));
+        let mtls = Plan::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/mtls.yaml")).unwrap();
+        assert!(mtls.scenarios.iter().any(|s| matches!(s.load, Load::Handshakes { .. })));
     }
 
     #[test]

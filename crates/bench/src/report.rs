@@ -159,6 +159,8 @@ fn goal(results: &Results<'_>, g: &Goal, profile: &Profile) -> String {
 /// How the run was made, for the report's head.
 pub struct Context<'a> {
     pub command: &'a str,
+    /// The plan's path, as given.
+    pub plan: &'a str,
     pub started: &'a str,
     pub passes: usize,
     pub proxy: &'a str,
@@ -187,8 +189,8 @@ pub fn render(plan: &Plan, targets: &[String], profile: &Profile, results: &Resu
         String::new(),
         format!(
             "Produced by `{}` on {} UTC, {} pass(es), targets alternating (A B … then … B A); every figure is \
-             the **median over passes**. Scenarios, tables and goals: `bench/scenarios.yaml`.",
-            cx.command, cx.started, cx.passes
+             the **median over passes**. Scenarios, tables and goals: `{}`.",
+            cx.command, cx.started, cx.passes, cx.plan
         ),
         String::new(),
         format!(
@@ -208,7 +210,7 @@ pub fn render(plan: &Plan, targets: &[String], profile: &Profile, results: &Resu
         lines.extend(table(results, t, targets, profile));
     }
     lines.extend([
-        "## Against the goals (weft one hop)".to_string(),
+        "## Against the goals".to_string(),
         String::new(),
         "| target | goal | measured | met |".into(),
         "|---|---|---|---|".into(),

@@ -72,6 +72,13 @@ impl Bench<'_> {
                 let kib: u64 = target.pids().iter().map(|p| procs::status_kib(*p, "VmHWM")).sum();
                 record.values.insert("rss_hwm_mib".into(), kib as f64 / 1024.0);
                 record.values.insert("rss_hwm_mb".into(), kib as f64 * 1.024 / 1000.0);
+                let max: u64 = target
+                    .pids()
+                    .iter()
+                    .map(|p| procs::status_kib(*p, "VmHWM"))
+                    .max()
+                    .unwrap_or(0);
+                record.values.insert("rss_hwm_max_mib".into(), max as f64 / 1024.0);
             }
             out.push(record);
         }
@@ -198,6 +205,21 @@ impl Bench<'_> {
                 }
             }
             Load::Streams { count } => self.streams(target, count.unwrap_or(p.streams), v)?,
+            Load::Handshakes { concurrency } => {
+                let Some(tls) = &target.tls else {
+                    anyhow::bail!(
+                        "{}: handshakes are measured for the two-hop TLS targets only",
+                        target.name
+                    );
+                };
+                let (out, m) = self.measured(target, &[], || {
+                    load::handshakes(self.bins, tls, p.max_duration, concurrency)
+                });
+                let out = out?;
+                v.insert("per_sec".into(), out.per_sec);
+                v.insert("errors".into(), out.errors as f64);
+                v.insert("cpu_per_1k".into(), m.proxy_cpu / out.handshakes.max(1) as f64 * 1000.0);
+            }
         }
         Ok(record)
     }

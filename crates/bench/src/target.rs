@@ -22,8 +22,18 @@ pub const SERVICE: &str = "square.demo:50051";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Direct,
-    Weft { hops: u8 },
-    HAProxy { balance: &'static str },
+    /// weft; with `mtls`, the two hops talk mutual TLS with certificates
+    /// from a weft-control the target starts.
+    Weft {
+        hops: u8,
+        mtls: bool,
+    },
+    HAProxy {
+        balance: &'static str,
+    },
+    /// HAProxy as two hops (one outbound, one inbound per replica, as weft
+    /// runs), the hops talking TLS 1.3 with client certificates.
+    HAProxyTls,
     Nginx,
 }
 
@@ -45,12 +55,16 @@ impl Kind {
     fn parse_base(name: &str) -> anyhow::Result<Kind> {
         Ok(match name {
             "direct" => Kind::Direct,
-            "weft-1hop" => Kind::Weft { hops: 1 },
-            "weft-2hop" => Kind::Weft { hops: 2 },
+            "weft-1hop" => Kind::Weft { hops: 1, mtls: false },
+            "weft-2hop" => Kind::Weft { hops: 2, mtls: false },
+            "weft-2hop-mtls" => Kind::Weft { hops: 2, mtls: true },
             "haproxy-rr" => Kind::HAProxy { balance: "roundrobin" },
             "haproxy-lc" => Kind::HAProxy { balance: "leastconn" },
+            "haproxy-2hop-tls" => Kind::HAProxyTls,
             "nginx" => Kind::Nginx,
-            other => bail!("unknown target `{other}` (direct, weft-1hop, weft-2hop, haproxy-rr, haproxy-lc, nginx)"),
+            other => bail!(
+                "unknown target `{other}` (direct, weft-1hop, weft-2hop, weft-2hop-mtls, haproxy-rr, haproxy-lc, haproxy-2hop-tls, nginx)"
+            ),
         })
     }
 }
@@ -179,7 +193,12 @@ pub struct Target {
     /// Where the load generator sends its calls.
     pub port: u16,
     procs: Vec<Child>,
+    /// Processes the target needs but whose cost is not its own (weft-control).
+    helpers: Vec<Child>,
     tmp: PathBuf,
+    /// Where a TLS client of the target's inbound hop connects, with the
+    /// certificates it needs (the two-hop TLS targets).
+    pub tls: Option<TlsClient>,
     /// Endpoints it balances over.
     pub endpoints: usize,
     /// A replica left out of them until [`Target::join`].
@@ -202,7 +221,9 @@ impl Target {
             kind: Kind::parse(name)?,
             port: 0,
             procs: Vec::new(),
+            helpers: Vec::new(),
             tmp: tmp.into(),
+            tls: None,
             endpoints: REPLICAS,
             absent: None,
             all_endpoints: Vec::new(),
@@ -232,6 +253,8 @@ impl Target {
     pub fn stop(&mut self) {
         self.procs.iter_mut().for_each(procs::stop);
         self.procs.clear();
+        self.helpers.iter_mut().for_each(procs::stop);
+        self.helpers.clear();
     }
 
     /// The absent replica joins: weft rereads its mesh file (this returns
@@ -277,7 +300,12 @@ impl Target {
     fn launch(&mut self, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
         self.joiner = None;
         self.all_endpoints = replicas.endpoints(self.endpoints);
-        if self.absent.is_some() && matches!(self.kind, Kind::Direct | Kind::Nginx) {
+        if self.absent.is_some()
+            && matches!(
+                self.kind,
+                Kind::Direct | Kind::Nginx | Kind::HAProxyTls | Kind::Weft { mtls: true, .. }
+            )
+        {
             bail!("{}: replicas joining are measured for weft and HAProxy only", self.name);
         }
         match self.kind {
@@ -285,7 +313,9 @@ impl Target {
                 self.port = replicas.ports[0];
                 Ok(())
             }
-            Kind::Weft { hops } => self.launch_weft(hops, replicas, bins),
+            Kind::Weft { hops: 2, mtls: true } => self.launch_weft_mtls(replicas, bins),
+            Kind::Weft { hops, .. } => self.launch_weft(hops, replicas, bins),
+            Kind::HAProxyTls => self.launch_haproxy_tls(replicas),
             Kind::HAProxy { balance } => {
                 self.port = procs::free_port()?;
                 let cfg = self.tmp.join(format!("{}.cfg", self.name));
@@ -363,6 +393,152 @@ impl Target {
         self.spawn_proxy(bins, &args, self.port, admin)
     }
 
+    /// Two weft hops talking mutual TLS: a weft-control (identity service
+    /// and discovery, the endpoints named with the inbound proxies'
+    /// identity), an inbound proxy per replica certified as `square`, the
+    /// outbound certified as `client`. Returns once every proxy is ready
+    /// (certified).
+    fn launch_weft_mtls(&mut self, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
+        let dir = self.tmp.join(format!("{}-identity", self.name));
+        std::fs::create_dir_all(&dir)?;
+        let mut tokens = weft_identity::Tokens::default();
+        for sa in ["square", "client"] {
+            let token = weft_identity::new_token();
+            tokens.0.insert(
+                token.clone(),
+                weft_identity::TokenIdentity {
+                    namespace: "default".into(),
+                    service_account: sa.into(),
+                },
+            );
+            weft_identity::write_secret(&dir.join(format!("{sa}.token")), &token)?;
+        }
+        tokens.write(&dir.join("tokens.yaml"))?;
+        let square = weft_identity::Name::new(weft_identity::DEFAULT_TRUST_DOMAIN, "default", "square")
+            .map_err(anyhow::Error::msg)?;
+        let mut inbound = Vec::new();
+        for _ in &replicas.ports {
+            inbound.push(procs::free_port()?);
+        }
+        let mut yaml = format!("services:\n  {SERVICE}:\n    endpoints:\n");
+        for (i, port) in inbound.iter().enumerate() {
+            yaml.push_str(&format!(
+                "      - address: 127.0.0.1:{port}\n        name: square-{i}\n        identity: {}\n",
+                square.dns()
+            ));
+        }
+        let mesh = dir.join("mesh.yaml");
+        std::fs::write(&mesh, yaml)?;
+        let (cp, cp_admin) = (procs::free_port()?, procs::free_port()?);
+        let argv = vec![
+            bins.get("weft-control"),
+            "--mesh-file".into(),
+            mesh.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{cp}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{cp_admin}"),
+            "--identity-dir".into(),
+            dir.join("ca").display().to_string(),
+            "--identity-tokens".into(),
+            dir.join("tokens.yaml").display().to_string(),
+            "--log".into(),
+            "warn".into(),
+        ];
+        let mut child = procs::pinned(SERVER_CORE, &argv)?;
+        procs::wait_port(cp, Some(&mut child))?;
+        self.helpers.push(child);
+        let cp = format!("127.0.0.1:{cp}");
+        let token = |sa: &str| dir.join(format!("{sa}.token")).display().to_string();
+        let mut admins = Vec::new();
+        for (p, inbound) in replicas.ports.iter().zip(&inbound) {
+            let admin = procs::free_port()?;
+            self.spawn_proxy(
+                bins,
+                &[
+                    "--control-plane",
+                    &cp,
+                    "--identity-token-file",
+                    &token("square"),
+                    "--outbound-listen",
+                    "off",
+                    "--inbound-listen",
+                    &format!("127.0.0.1:{inbound}"),
+                    "--inbound-forward",
+                    &format!("127.0.0.1:{p}"),
+                ],
+                *inbound,
+                admin,
+            )?;
+            admins.push(admin);
+        }
+        self.port = procs::free_port()?;
+        let admin = procs::free_port()?;
+        let listen = format!("127.0.0.1:{}", self.port);
+        let args = [
+            "--control-plane",
+            &cp,
+            "--identity-token-file",
+            &token("client"),
+            "--outbound-listen",
+            &listen,
+            "--inbound-listen",
+            "off",
+        ];
+        self.spawn_proxy(bins, &args, self.port, admin)?;
+        admins.push(admin);
+        for admin in admins {
+            wait_ready(admin)?;
+        }
+        // A client of an inbound proxy, as the outbound is: certified by
+        // the same CA, expecting the `square` identity.
+        let ca = weft_identity::Ca::load(&dir.join("ca"), weft_identity::DEFAULT_TRUST_DOMAIN)?;
+        let client = weft_identity::Name::new(weft_identity::DEFAULT_TRUST_DOMAIN, "default", "client")
+            .map_err(anyhow::Error::msg)?;
+        self.tls = Some(TlsClient {
+            port: inbound[0],
+            files: CertFiles::issue(&ca, &client, &dir)?,
+            server_name: square.dns(),
+        });
+        Ok(())
+    }
+
+    /// HAProxy as two hops with TLS between them: an inbound HAProxy per
+    /// replica (terminates TLS 1.3, requires a client certificate from the
+    /// CA) and an outbound one (round-robin over the inbound ones,
+    /// originates TLS with its certificate, checks the inbound's name).
+    /// Certificates from a weft CA, like weft's.
+    fn launch_haproxy_tls(&mut self, replicas: &Replicas) -> anyhow::Result<()> {
+        let dir = self.tmp.join(format!("{}-certs", self.name));
+        std::fs::create_dir_all(&dir)?;
+        let ca = weft_identity::Ca::create(&dir.join("ca"), weft_identity::DEFAULT_TRUST_DOMAIN)?;
+        let name = |sa: &str| {
+            weft_identity::Name::new(weft_identity::DEFAULT_TRUST_DOMAIN, "default", sa).map_err(anyhow::Error::msg)
+        };
+        let square = CertFiles::issue(&ca, &name("square")?, &dir)?;
+        let client = CertFiles::issue(&ca, &name("client")?, &dir)?;
+        let mut inbound = Vec::new();
+        for (i, p) in replicas.ports.iter().enumerate() {
+            let port = procs::free_port()?;
+            let cfg = dir.join(format!("inbound-{i}.cfg"));
+            std::fs::write(&cfg, haproxy_inbound_tls_config(port, *p, &square))?;
+            self.port = port;
+            self.spawn(&["haproxy".into(), "-db".into(), "-f".into(), cfg.display().to_string()])?;
+            inbound.push(port);
+        }
+        self.port = procs::free_port()?;
+        let cfg = dir.join("outbound.cfg");
+        let sq = name("square")?.dns();
+        std::fs::write(&cfg, haproxy_outbound_tls_config(self.port, &inbound, &client, &sq))?;
+        self.spawn(&["haproxy".into(), "-db".into(), "-f".into(), cfg.display().to_string()])?;
+        self.tls = Some(TlsClient {
+            port: inbound[0],
+            files: client,
+            server_name: sq,
+        });
+        Ok(())
+    }
+
     fn spawn_proxy(&mut self, bins: &Bins, args: &[&str], port: u16, admin: u16) -> anyhow::Result<()> {
         let mut argv = vec![
             bins.proxy_for(&self.name)?.display().to_string(),
@@ -390,6 +566,99 @@ impl Drop for Target {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Waits (10 s at most) for a weft proxy's `/ready` (200 once certified).
+fn wait_ready(admin: u16) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while procs::http_get(admin, "/ready").is_err() {
+        if std::time::Instant::now() > deadline {
+            bail!("the proxy with admin port {admin} was not ready (certified) within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A certificate, its key and the trust anchors, as PEM files.
+#[derive(Clone, Debug)]
+pub struct CertFiles {
+    /// Leaf then intermediates.
+    pub chain: PathBuf,
+    /// PKCS#8.
+    pub key: PathBuf,
+    /// Chain and key in one file (HAProxy's `crt`).
+    pub combined: PathBuf,
+    pub anchors: PathBuf,
+}
+
+impl CertFiles {
+    /// A fresh key and a certificate for `name` from `ca` (24 h), written to `dir`.
+    fn issue(ca: &weft_identity::Ca, name: &weft_identity::Name, dir: &Path) -> anyhow::Result<CertFiles> {
+        let (key, csr) = weft_identity::request()?;
+        let issued = ca.issue(&csr, name, std::time::Duration::from_secs(24 * 3600))?;
+        let pem = |der: &[u8]| weft_identity::pem("CERTIFICATE", der);
+        let mut chain = pem(&issued.leaf);
+        issued.intermediates.iter().for_each(|d| chain.push_str(&pem(d)));
+        let anchors: String = ca.anchors().iter().map(|d| pem(d)).collect();
+        let sa = &name.service_account;
+        let files = CertFiles {
+            chain: dir.join(format!("{sa}.crt")),
+            key: dir.join(format!("{sa}.key")),
+            combined: dir.join(format!("{sa}.pem")),
+            anchors: dir.join("anchors.pem"),
+        };
+        std::fs::write(&files.chain, &chain)?;
+        weft_identity::write_secret(&files.key, &key.serialize_pem())?;
+        weft_identity::write_secret(&files.combined, &format!("{chain}{}", key.serialize_pem()))?;
+        std::fs::write(&files.anchors, anchors)?;
+        Ok(files)
+    }
+}
+
+/// How a TLS client reaches a target's first inbound hop.
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    pub port: u16,
+    pub files: CertFiles,
+    pub server_name: String,
+}
+
+/// An inbound HAProxy: TLS 1.3 with a required client certificate, ALPN
+/// h2, to one replica over h2 in clear.
+fn haproxy_inbound_tls_config(port: u16, replica: u16, certs: &CertFiles) -> String {
+    format!(
+        "global\n    nbthread 1\n    maxconn 4000\n    tune.h2.max-concurrent-streams 2000\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\
+         frontend fe\n    bind 127.0.0.1:{port} ssl crt {} ca-file {} verify required alpn h2 ssl-min-ver TLSv1.3\n    default_backend pod\n\
+         backend pod\n    server s0 127.0.0.1:{replica} proto h2\n",
+        certs.combined.display(),
+        certs.anchors.display(),
+    )
+}
+
+/// The outbound HAProxy: h2 in clear from the client, round-robin over the
+/// inbound HAProxies with TLS 1.3, its client certificate, and the
+/// inbound's name checked.
+fn haproxy_outbound_tls_config(port: u16, inbound: &[u16], certs: &CertFiles, server_name: &str) -> String {
+    let servers: Vec<String> = inbound
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "    server s{i} 127.0.0.1:{p} ssl crt {} ca-file {} verify required verifyhost {server_name} sni str({server_name}) alpn h2 ssl-min-ver TLSv1.3",
+                certs.combined.display(),
+                certs.anchors.display(),
+            )
+        })
+        .collect();
+    format!(
+        "global\n    nbthread 1\n    maxconn 4000\n    tune.h2.max-concurrent-streams 2000\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n\
+         frontend fe\n    bind 127.0.0.1:{port} proto h2\n    default_backend pods\n\
+         backend pods\n    balance roundrobin\n{}\n",
+        servers.join("\n")
+    )
 }
 
 /// Whether endpoint `name` is replica `r` (`square-r`, or `square-r-host`
@@ -484,7 +753,14 @@ mod tests {
         assert!(n.contains("        server 127.0.0.1:3;"), "{n}");
         assert!(n.contains("\n    upstream pods {\n"), "{n}");
         assert!(Kind::parse("envoy").is_err());
-        assert_eq!(Kind::parse("weft-2hop@before").unwrap(), Kind::Weft { hops: 2 });
+        assert_eq!(
+            Kind::parse("weft-2hop@before").unwrap(),
+            Kind::Weft { hops: 2, mtls: false }
+        );
+        assert_eq!(
+            Kind::parse("weft-2hop-mtls").unwrap(),
+            Kind::Weft { hops: 2, mtls: true }
+        );
         assert!(Kind::parse("nginx@before").is_err());
     }
 }

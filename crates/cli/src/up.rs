@@ -584,6 +584,7 @@ impl Up {
             inbound: None,
             admin,
             health_check: false,
+            mtls_required: false,
         };
         let mut child = spawn_proxy(&self.proxy_bin, &spec, &self.logs)?;
         let log = self.dirs.logs().join("entry.proxy.log");

@@ -161,6 +161,97 @@ pub mod files {
     /// The issuer's certificate and key (PEM; the key 0600).
     pub const ISSUER: &str = "issuer.pem";
     pub const ISSUER_KEY: &str = "issuer.key";
+    /// During a trust-anchor rotation: the new root and issuer (a CA
+    /// directory of their own) ...
+    pub const NEXT: &str = "next";
+    /// ... and the step reached (`bundled` or `reissued`).
+    pub const ROTATION: &str = "rotation";
+}
+
+/// Where a trust-anchor rotation stands. The sequence, each step applied
+/// to the CA directory and served to the proxies before the next:
+/// [`Rotation::Idle`] → `bundle` (a new root beside the old in the bundle,
+/// certificates still from the old issuer) → [`Rotation::Bundled`] →
+/// `reissue` (certificates from the new root's issuer) →
+/// [`Rotation::Reissued`] → `drop` (the old root leaves the bundle) →
+/// [`Rotation::Idle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    Idle,
+    Bundled,
+    Reissued,
+}
+
+impl Rotation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rotation::Idle => "idle",
+            Rotation::Bundled => "bundled",
+            Rotation::Reissued => "reissued",
+        }
+    }
+
+    /// The step a CA directory has reached.
+    pub fn of(dir: &Path) -> Result<Rotation, IdentityError> {
+        let p = dir.join(files::ROTATION);
+        match std::fs::read_to_string(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Rotation::Idle),
+            Err(e) => Err(io(&p)(e)),
+            Ok(t) => match t.trim() {
+                "bundled" => Ok(Rotation::Bundled),
+                "reissued" => Ok(Rotation::Reissued),
+                other => Err(IdentityError::Invalid(format!(
+                    "{}: `{other}` is not a rotation step (bundled, reissued)",
+                    p.display()
+                ))),
+            },
+        }
+    }
+}
+
+/// A step of a trust-anchor rotation (see [`Rotation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Bundle,
+    Reissue,
+    Drop,
+}
+
+impl Step {
+    pub fn parse(s: &str) -> Option<Step> {
+        match s {
+            "bundle" => Some(Step::Bundle),
+            "reissue" => Some(Step::Reissue),
+            "drop" => Some(Step::Drop),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Bundle => "bundle",
+            Step::Reissue => "reissue",
+            Step::Drop => "drop",
+        }
+    }
+
+    /// Where the rotation must stand for this step.
+    pub fn from(self) -> Rotation {
+        match self {
+            Step::Bundle => Rotation::Idle,
+            Step::Reissue => Rotation::Bundled,
+            Step::Drop => Rotation::Reissued,
+        }
+    }
+
+    /// The step after `r`.
+    pub fn after(r: Rotation) -> Step {
+        match r {
+            Rotation::Idle => Step::Bundle,
+            Rotation::Bundled => Step::Reissue,
+            Rotation::Reissued => Step::Drop,
+        }
+    }
 }
 
 fn now() -> time::OffsetDateTime {
@@ -205,7 +296,7 @@ fn ca_params(cn: &str, lifetime: Duration, path_len: Option<u8>) -> CertificateP
     p
 }
 
-fn pem(tag: &str, der: &[u8]) -> String {
+pub fn pem(tag: &str, der: &[u8]) -> String {
     ::pem::encode(&::pem::Pem::new(tag, der.to_vec()))
 }
 
@@ -306,6 +397,73 @@ impl Ca {
         } else {
             Ok((Ca::create(dir, trust_domain)?, true))
         }
+    }
+
+    /// Applies one step of a trust-anchor rotation to the CA in `dir` and
+    /// returns the CA it leaves. Each file is replaced atomically and the
+    /// step is recorded last, so a step cut short by a crash is done
+    /// again by running it again.
+    pub fn rotate(dir: &Path, trust_domain: &str, step: Step) -> Result<Ca, IdentityError> {
+        let at = Rotation::of(dir)?;
+        if at != step.from() {
+            return Err(IdentityError::Invalid(format!(
+                "cannot {} now: the rotation is at `{}` (next step: {})",
+                step.as_str(),
+                at.as_str(),
+                Step::after(at).as_str()
+            )));
+        }
+        let next = dir.join(files::NEXT);
+        let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(io(&p));
+        match step {
+            Step::Bundle => {
+                let _ = std::fs::remove_dir_all(&next);
+                let new = Ca::create(&next, trust_domain)?;
+                let old = Ca::load(dir, trust_domain)?;
+                let bundle: String = old
+                    .anchors
+                    .iter()
+                    .chain(&new.anchors)
+                    .map(|d| pem("CERTIFICATE", d))
+                    .collect();
+                write_private(&dir.join(files::ANCHORS), &bundle)?;
+                write_private(&dir.join(files::ROTATION), "bundled\n")?;
+            }
+            Step::Reissue => {
+                let new = Ca::load(&next, trust_domain)?;
+                let old = Ca::load(dir, trust_domain)?;
+                // The new root first (the current one), the old still trusted.
+                let mut anchors = new.anchors.clone();
+                anchors.extend(old.anchors.iter().filter(|a| !new.anchors.contains(a)).cloned());
+                let bundle: String = anchors.iter().map(|d| pem("CERTIFICATE", d)).collect();
+                write_private(&dir.join(files::ANCHORS), &bundle)?;
+                write_private(&dir.join(files::ANCHOR_KEY), &read(next.join(files::ANCHOR_KEY))?)?;
+                write_private(&dir.join(files::ISSUER_KEY), &read(next.join(files::ISSUER_KEY))?)?;
+                write_private(&dir.join(files::ISSUER), &read(next.join(files::ISSUER))?)?;
+                write_private(&dir.join(files::ROTATION), "reissued\n")?;
+            }
+            Step::Drop => {
+                write_private(&dir.join(files::ANCHORS), &read(next.join(files::ANCHORS))?)?;
+                let p = dir.join(files::ROTATION);
+                std::fs::remove_file(&p).map_err(io(&p))?;
+                let _ = std::fs::remove_dir_all(&next);
+            }
+        }
+        Ca::load(dir, trust_domain)
+    }
+
+    /// A number that changes with the anchors and the issuer (each
+    /// rotation step), the same across restarts: proxies re-certify when
+    /// the one they hold differs from the control plane's.
+    pub fn generation(&self) -> u64 {
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        for a in &self.anchors {
+            h.update(&(a.len() as u64).to_be_bytes());
+            h.update(a);
+        }
+        h.update(&self.issuer_der);
+        let d = h.finish();
+        u64::from_be_bytes(d.as_ref()[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
     }
 
     /// The issuer must chain to one of the anchors.

@@ -115,3 +115,47 @@ fn tokens_round_trip_privately() {
     assert!(back.name("wrong", "cluster.local").is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_trust_anchor_rotation_keeps_every_certificate_valid_until_the_old_root_is_dropped() {
+    let dir = temp("rotate");
+    let ca = Ca::create(&dir, "cluster.local").unwrap();
+    let name = Name::new("cluster.local", "default", "square").unwrap();
+    let cert = |ca: &Ca| {
+        let (_, csr) = request().unwrap();
+        ca.issue(&csr, &name, Duration::from_secs(60)).unwrap()
+    };
+    let chains = |i: &Issued, ca: &Ca| verify_chain(&i.leaf, &i.intermediates, ca.anchors()).is_ok();
+    let old = cert(&ca);
+    let g0 = ca.generation();
+    assert_eq!(Rotation::of(&dir).unwrap(), Rotation::Idle);
+    // Out of order: named, nothing changed.
+    let e = Ca::rotate(&dir, "cluster.local", Step::Drop).unwrap_err().to_string();
+    assert!(e.contains("cannot drop now") && e.contains("next step: bundle"), "{e}");
+
+    let bundled = Ca::rotate(&dir, "cluster.local", Step::Bundle).unwrap();
+    assert_eq!(Rotation::of(&dir).unwrap(), Rotation::Bundled);
+    assert_eq!(bundled.anchors().len(), 2);
+    assert_ne!(bundled.generation(), g0);
+    let during = cert(&bundled);
+    assert!(chains(&old, &bundled) && chains(&during, &bundled));
+    assert_eq!(during.intermediates, old.intermediates, "still the old issuer");
+
+    let reissued = Ca::rotate(&dir, "cluster.local", Step::Reissue).unwrap();
+    assert_eq!(Rotation::of(&dir).unwrap(), Rotation::Reissued);
+    let new = cert(&reissued);
+    assert_ne!(new.intermediates, old.intermediates, "a new issuer");
+    assert!(chains(&old, &reissued) && chains(&new, &reissued));
+    assert_eq!(
+        Ca::load(&dir, "cluster.local").unwrap().generation(),
+        reissued.generation()
+    );
+
+    let done = Ca::rotate(&dir, "cluster.local", Step::Drop).unwrap();
+    assert_eq!(Rotation::of(&dir).unwrap(), Rotation::Idle);
+    assert_eq!(done.anchors().len(), 1);
+    assert!(chains(&new, &done), "the new certificate chains to the new root");
+    assert!(!chains(&old, &done), "the old root is gone");
+    assert!(!dir.join(files::NEXT).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,7 +14,7 @@
 //!     command: square
 //!     args: [--listen, "127.0.0.1:${WEFT_PORT}"]
 //!     replicas: 3
-//!     ports: [{port: 50051, protocol: grpc}]
+//!     ports: [{port: 50051, protocol: grpc}]   # mtls: required refuses plaintext
 //! services:
 //!   legacy.db:5432:                    # the authority clients use
 //!     addresses: [10.96.0.10:5432]     # optional virtual IPs (transparent mode)
@@ -252,6 +252,20 @@ pub struct Port {
     pub port: u16,
     #[serde(default = "grpc")]
     pub protocol: Protocol,
+    /// `required`: the replicas' inbound proxies take mutual TLS from
+    /// other proxies only (plaintext from outside the mesh is refused);
+    /// `optional` (the default) takes both.
+    #[serde(default)]
+    pub mtls: Mtls,
+}
+
+/// Whether a port takes plaintext beside mutual TLS.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mtls {
+    #[default]
+    Optional,
+    Required,
 }
 
 fn one() -> u32 {

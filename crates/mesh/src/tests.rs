@@ -136,3 +136,17 @@ fn routes_parse_match_and_say_what_is_wrong() {
     assert!(parse_timeout("0s").is_err() && parse_timeout("2h").is_err());
     assert_eq!(parse_timeout("250ms").unwrap(), std::time::Duration::from_millis(250));
 }
+
+#[test]
+fn a_port_may_require_mtls_and_a_wrong_word_is_named() {
+    let m = parse("workloads:\n  square:\n    command: square\n    ports: [{port: 50051, mtls: required}]\n").unwrap();
+    let w = &m.workloads[&WorkloadName::parse("square").unwrap()];
+    assert_eq!(w.ports[0].mtls, Mtls::Required);
+    let m = parse("workloads:\n  square:\n    command: square\n    ports: [{port: 50051}]\n").unwrap();
+    assert_eq!(
+        m.workloads[&WorkloadName::parse("square").unwrap()].ports[0].mtls,
+        Mtls::Optional
+    );
+    let e = err("workloads:\n  square:\n    command: square\n    ports: [{port: 50051, mtls: strict}]\n");
+    assert!(e.contains("unknown variant `strict`") && e.contains("line 4"), "{e}");
+}

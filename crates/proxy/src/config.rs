@@ -66,6 +66,21 @@ pub struct Config {
     #[arg(long, env = "WEFT_IDENTITY_TOKEN_FILE", requires = "control_plane")]
     pub identity_token_file: Option<PathBuf>,
 
+    /// Inbound ports that take mutual TLS from other proxies only: a
+    /// plaintext connection to one is closed, logged and counted
+    /// (`weft_tls_handshakes_total{direction="inbound",result="plaintext_refused"}`).
+    /// The port is the app's (the original destination, or
+    /// --inbound-forward's); comma separated, or `all`. Other ports take
+    /// plaintext from outside the mesh too. Needs --identity-token-file.
+    #[arg(
+        long,
+        env = "WEFT_INBOUND_MTLS_REQUIRED",
+        value_name = "PORTS",
+        default_value = "",
+        requires = "identity_token_file"
+    )]
+    pub inbound_mtls_required: MtlsRequired,
+
     /// This proxy's workload (e.g. `square-1`), told to the control plane
     /// for its logs.
     #[arg(long, env = "WEFT_WORKLOAD")]
@@ -386,6 +401,11 @@ impl Config {
         let more = serde_json::json!({
             "detect_timeout_ms": self.detect_timeout.as_secs_f64() * 1e3,
             "opaque_ports": self.opaque_ports.0.iter().collect::<Vec<_>>(),
+            "inbound_mtls_required": if self.inbound_mtls_required.all {
+                serde_json::json!("all")
+            } else {
+                serde_json::json!(self.inbound_mtls_required.ports.0.iter().collect::<Vec<_>>())
+            },
             "fail_fast_timeout_ms": self.fail_fast_timeout.as_secs_f64() * 1e3,
             "inbound_fail_fast_timeout_ms": self.inbound_fail_fast_timeout.as_secs_f64() * 1e3,
             "connect_timeout_ms": self.connect_timeout.as_secs_f64() * 1e3,
@@ -540,6 +560,40 @@ impl FromStr for PortSet {
             set.insert(port);
         }
         Ok(PortSet(set))
+    }
+}
+
+/// The inbound ports that refuse plaintext: some, or all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MtlsRequired {
+    pub all: bool,
+    pub ports: PortSet,
+}
+
+impl MtlsRequired {
+    /// Whether a connection to `port` (unknown: `None`) must be mTLS.
+    pub fn covers(&self, port: Option<u16>) -> bool {
+        self.all || port.is_some_and(|p| self.ports.contains(p))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.ports.0.is_empty()
+    }
+}
+
+impl FromStr for MtlsRequired {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim() == "all" {
+            return Ok(MtlsRequired {
+                all: true,
+                ports: PortSet::default(),
+            });
+        }
+        Ok(MtlsRequired {
+            all: false,
+            ports: s.parse().map_err(|e| format!("{e} (or write `all`)"))?,
+        })
     }
 }
 

@@ -75,6 +75,8 @@ pub(crate) struct ServerCtx {
     /// Inbound with a workload identity: TLS from other proxies is
     /// terminated here (their certificates verified against its anchors).
     identity: Option<crate::identity::Identity>,
+    /// Inbound ports that refuse plaintext (`--inbound-mtls-required`).
+    mtls_required: crate::config::MtlsRequired,
 }
 
 impl ServerCtx {
@@ -85,7 +87,8 @@ impl ServerCtx {
         config: &Config,
         identity: Option<crate::identity::Identity>,
     ) -> Self {
-        let per_client = matches!(side, Side::Inbound(_)).then_some(config.max_connections_per_client as usize);
+        let side_is_inbound = matches!(side, Side::Inbound(_));
+        let per_client = side_is_inbound.then_some(config.max_connections_per_client as usize);
         // Retries go elsewhere: the inbound side has one app.
         let retry_codes = if matches!(side, Side::Inbound(_)) {
             None
@@ -135,7 +138,25 @@ impl ServerCtx {
             sockets: SocketOptions::from_config(config),
             admission: Admission::new(config.max_connections as usize, per_client),
             identity,
+            mtls_required: if side_is_inbound {
+                config.inbound_mtls_required.clone()
+            } else {
+                crate::config::MtlsRequired::default()
+            },
         }
+    }
+}
+
+impl ServerCtx {
+    /// Counts an inbound TLS handshake (or a refusal) by result.
+    fn count_tls(&self, result: &'static str) {
+        self.metrics
+            .tls_handshakes
+            .get_or_create(&crate::telemetry::metrics::TlsLabels {
+                direction: "inbound",
+                result,
+            })
+            .inc();
     }
 }
 
@@ -209,6 +230,15 @@ async fn serve_conn(
                 };
                 opaque_by_alpn = opaque;
                 tls
+            } else if ctx.mtls_required.covers(port) {
+                ctx.count_tls("plaintext_refused");
+                ctx.metrics.connection_error(direction.label(), "mtls_required");
+                tracing::info!(
+                    %peer,
+                    port,
+                    "a plaintext connection to a port that takes mutual TLS only (--inbound-mtls-required); closed"
+                );
+                return;
             } else {
                 // Detection gets what is left of its time.
                 detect = std::borrow::Cow::Owned(DetectParams {
@@ -272,15 +302,7 @@ async fn accept_tls(
     identity: &crate::identity::Identity,
     ctx: &ServerCtx,
 ) -> Option<(Io, bool)> {
-    let count = |result: &'static str| {
-        ctx.metrics
-            .tls_handshakes
-            .get_or_create(&crate::telemetry::metrics::TlsLabels {
-                direction: "inbound",
-                result,
-            })
-            .inc();
-    };
+    let count = |result: &'static str| ctx.count_tls(result);
     // Wait for the certificate as long as detection would wait for bytes.
     let until = tokio::time::Instant::now() + ctx.detect.timeout;
     let Some(tls) = crate::identity::wait_tls(identity, until).await else {

@@ -140,13 +140,19 @@ struct Server {
 
 impl Server {
     async fn start(name: &str) -> Server {
+        Server::start_with(name, &[]).await
+    }
+
+    /// The same, the inbound proxy with `extra` arguments.
+    async fn start_with(name: &str, extra: &[&str]) -> Server {
         let app = square::spawn(SquareOptions::named(name)).await.unwrap();
         let ids = Ids::new();
         let disc = DiscoveryFile::new();
         let cp = ids.control_plane(&disc).await;
-        let inbound = ids
-            .proxy(&cp, "square", &["--inbound-forward", &app.addr.to_string()])
-            .await;
+        let app_addr = app.addr.to_string();
+        let mut args = vec!["--inbound-forward", app_addr.as_str()];
+        args.extend_from_slice(extra);
+        let inbound = ids.proxy(&cp, "square", &args).await;
         Server {
             app,
             ids,
@@ -382,4 +388,50 @@ async fn an_expired_certificate_is_refused() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// A port marked `mtls: required` (`--inbound-mtls-required`): a plaintext
+/// gRPC client is refused (counted, no call reaches the app); a proxy
+/// with a certificate still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_requires_mtls_refuses_plaintext_and_takes_mtls() {
+    let Server {
+        app,
+        ids,
+        disc,
+        cp,
+        inbound,
+    } = Server::start_with("square-0", &["--inbound-mtls-required", "all"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", inbound.inbound))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let mut plain = SquareClient::new(channel);
+    let mut req = tonic::Request::new(Input { value: 2 });
+    req.set_timeout(Duration::from_secs(5));
+    let err = plain.square(req).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        "a plaintext call must fail as a closed connection: {err:?}"
+    );
+    eventually("the refusal counted", Duration::from_secs(5), || async {
+        (tls_count(&inbound.metrics().await, "inbound", "plaintext_refused") >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(app.stats().calls, 0, "a plaintext call reached the app");
+
+    disc.write(&mesh(inbound.inbound, Some(SQUARE_ID)));
+    serving(&cp).await;
+    let client = ids.proxy(&cp, "client", &[]).await;
+    let mut sq = SquareClient::new(client.channel(SVC).await);
+    let out = eventually("a call over mutual TLS", Duration::from_secs(10), || {
+        let mut sq = sq.clone();
+        async move { sq.square(Input { value: 9 }).await.ok() }
+    })
+    .await;
+    assert_eq!(out.into_inner().result, 81);
+    assert!(tls_count(&inbound.metrics().await, "inbound", "ok") >= 1.0);
 }

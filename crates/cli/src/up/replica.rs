@@ -125,6 +125,7 @@ impl Replica {
                 inbound: Some((ports.inbound, ports.app)),
                 admin: ports.admin,
                 health_check: l.spec.ports.iter().any(|p| p.protocol == weft_mesh::Protocol::Grpc),
+                mtls_required: l.spec.ports.iter().any(|p| p.mtls == weft_mesh::Mtls::Required),
             },
             l.logs,
         )?;
@@ -216,6 +217,8 @@ pub struct ProxySpec<'a> {
     pub admin: SocketAddr,
     /// Whether it checks the app's grpc.health.v1 status.
     pub health_check: bool,
+    /// Whether its inbound refuses plaintext (the port is `mtls: required`).
+    pub mtls_required: bool,
 }
 
 /// Starts a weft-proxy: outbound for its app, and inbound in front of
@@ -229,6 +232,7 @@ pub fn spawn_proxy(bin: &Path, spec: &ProxySpec<'_>, logs: &Path) -> anyhow::Res
         inbound,
         admin,
         health_check,
+        mtls_required,
     } = *spec;
     let (out, err) = log_file(logs, &format!("{name}.proxy.log"))?;
     let mut cmd = Command::new(bin);
@@ -237,6 +241,9 @@ pub fn spawn_proxy(bin: &Path, spec: &ProxySpec<'_>, logs: &Path) -> anyhow::Res
     }
     if let Some(t) = token_file {
         cmd.arg("--identity-token-file").arg(t);
+        if mtls_required && inbound.is_some() {
+            cmd.args(["--inbound-mtls-required", "all"]);
+        }
     }
     match inbound {
         Some((listen, app)) => cmd

@@ -23,6 +23,8 @@ pub mod identity {
 
     /// The gRPC path of `Identity/Certify`.
     pub const CERTIFY_PATH: &str = "/weft.identity.v1.Identity/Certify";
+    /// The gRPC path of `Identity/Watch`.
+    pub const WATCH_PATH: &str = "/weft.identity.v1.Identity/Watch";
 }
 
 /// The square demo service.

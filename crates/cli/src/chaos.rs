@@ -54,6 +54,9 @@ enum Fault {
     ControlPlane,
     /// Certificates of 10 s: every proxy renews every ~7 s, under load.
     CertRotation,
+    /// `weft identity rotate`: a new trust anchor in every bundle, every
+    /// proxy re-certified by the new issuer, the old anchor dropped.
+    AnchorRotation,
     /// Every replica in turn gets SIGTERM (app and proxy at once, as a
     /// kubelet does); weft up starts it again; the next goes when it is ready.
     Rollout,
@@ -71,6 +74,7 @@ impl Fault {
             Fault::ControlPlane => "control_plane",
             Fault::Rollout => "rollout",
             Fault::CertRotation => "cert_rotation",
+            Fault::AnchorRotation => "anchor_rotation",
         }
     }
     fn describe(self) -> &'static str {
@@ -84,12 +88,13 @@ impl Fault {
             Fault::ControlPlane => "weft-control frozen (SIGSTOP)",
             Fault::Rollout => "all replicas rolled with SIGTERM, one after another",
             Fault::CertRotation => "certificates of 10 s, renewed by every proxy every ~7 s (mutual TLS)",
+            Fault::AnchorRotation => "the trust anchor rotated (weft identity rotate: bundle, reissue, drop)",
         }
     }
     /// How long the fault lasts.
     fn length(self, quick: bool) -> Duration {
         match (self, quick) {
-            (Fault::Kill | Fault::Rollout, _) => Duration::ZERO,
+            (Fault::Kill | Fault::Rollout | Fault::AnchorRotation, _) => Duration::ZERO,
             (Fault::ControlPlane | Fault::CertRotation, false) => Duration::from_secs(60),
             (Fault::CertRotation, true) => Duration::from_secs(15),
             (_, false) => Duration::from_secs(30),
@@ -104,12 +109,12 @@ impl Fault {
             Fault::Slow => "– (its share of calls is reported)",
             Fault::Blackhole | Fault::Drop => "after the first deadline (1 s), only its probes fail",
             Fault::NotServing => "no new calls to it after 1 s",
-            Fault::ControlPlane | Fault::Rollout | Fault::CertRotation => "no failed call",
+            Fault::ControlPlane | Fault::Rollout | Fault::CertRotation | Fault::AnchorRotation => "no failed call",
         }
     }
 }
 
-const ALL: [Fault; 9] = [
+const ALL: [Fault; 10] = [
     Fault::Kill,
     Fault::Rollout,
     Fault::Unavailable,
@@ -119,6 +124,7 @@ const ALL: [Fault; 9] = [
     Fault::NotServing,
     Fault::ControlPlane,
     Fault::CertRotation,
+    Fault::AnchorRotation,
 ];
 
 /// One call's record.
@@ -386,14 +392,19 @@ async fn drive(fault: Fault, args: &Args, dir: &Path, entry: SocketAddr) -> anyh
         Fault::ControlPlane => signal(control_pid, "STOP"),
         Fault::Rollout => roll(dir).await?,
         Fault::CertRotation => {}
+        Fault::AnchorRotation => rotate_anchor(dir).await?,
     }
     // From when the fault is in place (applying it takes a few ms).
     // (A rollout's fault is the whole roll.)
-    let t0 = if fault == Fault::Rollout { begin } else { Instant::now() };
+    let t0 = if matches!(fault, Fault::Rollout | Fault::AnchorRotation) {
+        begin
+    } else {
+        Instant::now()
+    };
     tokio::time::sleep(length).await;
     let t1 = Instant::now();
     match fault {
-        Fault::Kill | Fault::Rollout | Fault::CertRotation => {}
+        Fault::Kill | Fault::Rollout | Fault::CertRotation | Fault::AnchorRotation => {}
         Fault::Unavailable | Fault::Slow | Fault::NotServing => set_behavior(&app, "")?,
         Fault::Blackhole => signal(app_pid, "CONT"),
         Fault::Drop => iptables("-D", inbound)?,
@@ -422,6 +433,23 @@ async fn drive(fault: Fault, args: &Args, dir: &Path, entry: SocketAddr) -> anyh
         );
     }
     Ok(row)
+}
+
+/// `weft identity rotate` on the mesh in `dir`, to its end.
+async fn rotate_anchor(dir: &Path) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(sibling("weft")?)
+        .args(["identity", "rotate", "--dir"])
+        .arg(dir.join(".weft"))
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "weft identity rotate failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// SIGTERM to each replica's app and proxy in turn; waits for weft up to
@@ -566,6 +594,10 @@ fn judge(fault: Fault, calls: &[Call], t0: Instant, t1: Instant, warm: Duration,
         Fault::Unavailable | Fault::ControlPlane => (failed.is_empty(), String::new()),
         Fault::Rollout => (failed.is_empty(), format!("rolled in {:.1} s", (t1 - t0).as_secs_f64())),
         Fault::CertRotation => (failed.is_empty(), String::new()),
+        Fault::AnchorRotation => (
+            failed.is_empty(),
+            format!("rotated in {:.1} s", (t1 - t0).as_secs_f64()),
+        ),
         Fault::Slow => {
             let to_it = during.iter().filter(|c| c.host.as_deref() == Ok("square-1")).count();
             (

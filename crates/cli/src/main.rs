@@ -1,6 +1,7 @@
 //! `weft`: the command line.
 
 mod demo;
+mod identity;
 mod procs;
 mod up;
 
@@ -36,6 +37,9 @@ enum Command {
     Status(up::ctl::DirArgs),
     /// Print and follow a workload's logs (every replica, prefixed with its name).
     Logs(up::ctl::LogsArgs),
+    /// The mesh's identities: the CA's state, and trust-anchor rotation.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -48,6 +52,7 @@ async fn main() -> std::process::ExitCode {
         Command::Scale(args) => up::ctl::scale(args).await,
         Command::Status(args) => up::ctl::status(args).await,
         Command::Logs(args) => up::ctl::logs(args).await,
+        Command::Identity(cmd) => identity::run(cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

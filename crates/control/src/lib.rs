@@ -29,6 +29,9 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 10_000;
 /// What the Identity service needs.
 pub struct IdentityConfig {
     pub ca: Arc<weft_identity::Ca>,
+    /// Where the CA is kept (trust-anchor rotation steps are applied
+    /// there); `None`: it cannot rotate.
+    pub dir: Option<PathBuf>,
     /// Which token proves which identity ([`weft_identity::Tokens`]).
     pub tokens_file: PathBuf,
     /// How long the certificates it issues are valid.
@@ -92,21 +95,24 @@ pub async fn serve(
             s
         }
     };
-    let admin_state = Arc::new(admin::AdminState {
-        registry: metrics.registry(),
-        details: Box::new(details),
-    });
-    tokio::spawn(admin::serve(admin, admin_state));
-
     let identity = identity.map(|c| {
-        IdentityServer::new(identity::IdentityService::new(
+        Arc::new(identity::IdentityService::new(
             c.ca,
+            c.dir,
             c.tokens_file,
             c.lifetime,
             metrics.clone(),
         ))
-        .max_decoding_message_size(identity::MAX_CSR + 1024)
     });
+    let admin_state = Arc::new(admin::AdminState {
+        registry: metrics.registry(),
+        details: Box::new(details),
+        identity: identity.clone(),
+    });
+    tokio::spawn(admin::serve(admin, admin_state));
+
+    let identity =
+        identity.map(|svc| IdentityServer::from_arc(svc).max_decoding_message_size(identity::MAX_CSR + 1024));
     let service = destination::DestinationService {
         store,
         metrics,

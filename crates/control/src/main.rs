@@ -110,6 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             Some(weft_control::IdentityConfig {
                 ca: Arc::new(ca),
+                dir: Some(dir.clone()),
                 tokens_file: tokens.clone(),
                 lifetime: args.cert_lifetime,
             })

@@ -191,6 +191,15 @@ impl Rotation {
         }
     }
 
+    /// From [`Rotation::as_str`]'s words (anything else: idle).
+    pub fn of_str(s: &str) -> Rotation {
+        match s {
+            "bundled" => Rotation::Bundled,
+            "reissued" => Rotation::Reissued,
+            _ => Rotation::Idle,
+        }
+    }
+
     /// The step a CA directory has reached.
     pub fn of(dir: &Path) -> Result<Rotation, IdentityError> {
         let p = dir.join(files::ROTATION);
@@ -570,6 +579,16 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, IdentityError> {
         not_after: system_time(cert.validity().not_after),
         public_key: cert.public_key().subject_public_key.data.to_vec(),
     })
+}
+
+/// A short fingerprint of a certificate: the first 8 bytes of its
+/// SHA-256, in hex (for admin pages: two roots of one trust domain share
+/// a subject).
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Checks that `leaf` chains through `intermediates` to one of `anchors`

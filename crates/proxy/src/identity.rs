@@ -3,6 +3,10 @@
 //! the workload's token go out), renewed at 70 % of each certificate's
 //! lifetime (with jitter), retried with backoff while the control plane is
 //! away; the current certificate is served until its replacement arrives.
+//! Between renewals the proxy watches the CA's generation (`Identity/
+//! Watch`): a trust-anchor rotation step changes it, and the proxy
+//! certifies again at once, taking the new anchors and, once the new
+//! issuer signs, a certificate from it.
 
 use std::{
     path::PathBuf,
@@ -39,6 +43,8 @@ pub struct Certified {
     pub info: weft_identity::CertInfo,
     /// The SPIFFE id it names.
     pub identity: String,
+    /// The CA generation it came from (0 from a control plane that has none).
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for Certified {
@@ -80,9 +86,13 @@ pub fn spawn(control: String, token_file: PathBuf, metrics: IdentityMetrics) -> 
     let s = state.clone();
     tokio::spawn(async move {
         let mut retry = RETRY_FIRST;
+        // This process, to the control plane (which generation it holds).
+        let instance = format!("{:016x}", fastrand::u64(..));
+        let mut installed = None;
         loop {
             let wait = match certify(&control, &token_file).await {
                 Ok(c) => {
+                    installed = Some(c.generation);
                     // Just issued: what is left is its lifetime (its
                     // not-before lies a minute back, for clock skew).
                     let left = c.info.not_after.duration_since(SystemTime::now()).unwrap_or_default();
@@ -125,10 +135,81 @@ pub fn spawn(control: String, token_file: PathBuf, metrics: IdentityMetrics) -> 
                     wait
                 }
             };
-            tokio::time::sleep(wait).await;
+            match installed {
+                Some(generation) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = ca_changed(&control, &token_file, &instance, generation) => {
+                            tracing::info!("the CA changed (a trust-anchor rotation step): certifying again");
+                        }
+                    }
+                }
+                None => tokio::time::sleep(wait).await,
+            }
         }
     });
     state
+}
+
+/// Returns once weft-control's CA generation differs from `installed`
+/// (its Watch reopened with backoff while the control plane is away;
+/// never, from a control plane without Watch).
+async fn ca_changed(control: &str, token_file: &PathBuf, instance: &str, installed: u64) {
+    let mut retry = RETRY_FIRST;
+    loop {
+        let failed = match watch_once(control, token_file, instance, installed).await {
+            Ok(()) => return,
+            Err(WatchEnd::Unsupported) => {
+                tracing::debug!("weft-control has no Identity/Watch: renewals only");
+                return std::future::pending().await;
+            }
+            Err(WatchEnd::Failed(e)) => e,
+        };
+        tracing::debug!(error = %failed, retry_in = ?retry, "the CA watch ended");
+        tokio::time::sleep(retry.mul_f64(0.75 + 0.5 * fastrand::f64())).await;
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+enum WatchEnd {
+    Unsupported,
+    Failed(String),
+}
+
+/// One Watch: `Ok` when a generation other than `installed` arrives.
+async fn watch_once(control: &str, token_file: &PathBuf, instance: &str, installed: u64) -> Result<(), WatchEnd> {
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| WatchEnd::Failed(format!("the identity token {}: {e}", token_file.display())))?;
+    let request = pb::WatchRequest {
+        token: token.trim().to_string(),
+        instance: instance.to_string(),
+        installed,
+    }
+    .encode_to_vec();
+    let failed = |e: String| WatchEnd::Failed(e);
+    let send = tokio::time::timeout(CALL_TIMEOUT, connect(control))
+        .await
+        .map_err(|_| {
+            failed(format!(
+                "weft-control at {control} did not answer within {CALL_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(failed)?;
+    let end = |e: CallEnd| match e {
+        CallEnd::Status(12, _) => WatchEnd::Unsupported,
+        CallEnd::Status(c, m) => WatchEnd::Failed(format!("weft-control answered {c}: {m}")),
+        CallEnd::Broken { error, .. } => WatchEnd::Failed(format!("weft-control at {control}: {error}")),
+    };
+    let mut answers = grpc_client::call(&send, control, pb::WATCH_PATH, &request)
+        .await
+        .map_err(end)?;
+    loop {
+        let state = pb::CaState::decode(answers.next().await.map_err(end)?)
+            .map_err(|e| failed(format!("an undecodable CA state: {e}")))?;
+        if state.generation != installed {
+            return Ok(());
+        }
+    }
 }
 
 /// One attempt: a new key and CSR, the token, the control plane's answer.
@@ -159,10 +240,12 @@ async fn certify(control: &str, token_file: &PathBuf) -> Result<Certified, Strin
         anchors: r.anchors,
         info,
         identity: r.identity,
+        generation: r.generation,
     })
 }
 
-async fn call(control: &str, request: &[u8]) -> Result<Bytes, String> {
+/// An HTTP/2 connection to the control plane.
+async fn connect(control: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
     let tcp = tokio::net::TcpStream::connect(control)
         .await
         .map_err(|e| format!("weft-control at {control}: {e}"))?;
@@ -173,6 +256,11 @@ async fn call(control: &str, request: &[u8]) -> Result<Bytes, String> {
     tokio::spawn(async move {
         let _ = driver.await;
     });
+    Ok(send)
+}
+
+async fn call(control: &str, request: &[u8]) -> Result<Bytes, String> {
+    let send = connect(control).await?;
     let authority = control;
     let end = |e: CallEnd| match e {
         CallEnd::Status(16, m) => format!("weft-control refused the token: {m}"),
@@ -207,11 +295,15 @@ pub fn describe(id: &Identity) -> String {
                     .map_or(0, |d| d.as_secs()),
                 left.as_secs()
             ));
+            out.push_str(&format!("ca_generation: {}\n", c.generation));
             out.push_str(&format!("anchors: {}\n", c.anchors.len()));
             for a in &c.anchors {
                 if let Ok(i) = weft_identity::inspect(a) {
-                    out.push_str(&format!("  - {}\n", i.subject));
+                    out.push_str(&format!("  - {} sha256:{}\n", i.subject, weft_identity::fingerprint(a)));
                 }
+            }
+            if let Some(issuer) = c.chain.get(1) {
+                out.push_str(&format!("issuer: sha256:{}\n", weft_identity::fingerprint(issuer)));
             }
         }
     }

@@ -166,6 +166,7 @@ async fn a_wrong_token_is_refused_and_counted_and_readiness_says_so() {
 struct Recorder {
     inner: weft_control::identity::IdentityService,
     seen: Arc<Mutex<Vec<pb::CertifyRequest>>>,
+    watches: Arc<Mutex<Vec<pb::WatchRequest>>>,
 }
 
 #[tonic::async_trait]
@@ -177,6 +178,16 @@ impl Identity for Recorder {
         self.seen.lock().unwrap().push(req.get_ref().clone());
         self.inner.certify(req).await
     }
+
+    type WatchStream = <weft_control::identity::IdentityService as Identity>::WatchStream;
+
+    async fn watch(
+        &self,
+        req: tonic::Request<pb::WatchRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        self.watches.lock().unwrap().push(req.get_ref().clone());
+        self.inner.watch(req).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,14 +196,17 @@ async fn the_identity_service_only_ever_sees_a_csr_and_the_token() {
     let setup = Setup::new();
     let (ca, _) = weft_identity::Ca::load_or_create(&setup.dir.path().join("ca"), "cluster.local").unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let watches = Arc::new(Mutex::new(Vec::new()));
     let recorder = Recorder {
         inner: weft_control::identity::IdentityService::new(
             Arc::new(ca),
+            None,
             setup.dir.path().join("tokens.yaml"),
             Duration::from_secs(3600),
             Arc::default(),
         ),
         seen: seen.clone(),
+        watches: watches.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -210,6 +224,10 @@ async fn the_identity_service_only_ever_sees_a_csr_and_the_token() {
     .await;
     eventually("a certificate", Duration::from_secs(10), || async {
         (field(&identity_page(&proxy).await, "identity") == Some(SQUARE)).then_some(())
+    })
+    .await;
+    eventually("the proxy to watch the CA", Duration::from_secs(10), || async {
+        (!watches.lock().unwrap().is_empty()).then_some(())
     })
     .await;
 
@@ -236,5 +254,18 @@ async fn the_identity_service_only_ever_sees_a_csr_and_the_token() {
     assert!(
         !req.csr.windows(11).any(|w| w == b"PRIVATE KEY"),
         "no PEM private key in the request"
+    );
+    // Its CA watch carries the token, a process id and a generation.
+    let w = watches.lock().unwrap()[0].clone();
+    assert_eq!(w.token, setup.token);
+    assert!(!w.instance.is_empty() && w.instance.len() <= 64);
+    assert_eq!(
+        w.encoded_len(),
+        pb::WatchRequest {
+            token: w.token.clone(),
+            instance: w.instance.clone(),
+            installed: w.installed,
+        }
+        .encoded_len()
     );
 }

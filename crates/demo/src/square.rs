@@ -47,6 +47,8 @@ pub struct SquareStats {
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
     pub cancelled: AtomicU64,
+    /// The last call's `l5d-client-id`.
+    pub last_client_id: std::sync::Mutex<String>,
 }
 
 impl SquareStats {
@@ -56,6 +58,7 @@ impl SquareStats {
             in_flight: self.in_flight.load(Ordering::SeqCst),
             max_in_flight: self.max_in_flight.load(Ordering::SeqCst),
             cancelled: self.cancelled.load(Ordering::SeqCst),
+            last_client_id: self.last_client_id.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }
@@ -139,6 +142,17 @@ static STARTED: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::n
 impl SquareService {
     async fn answer(&self, request: Request<Input>, extra_ms: u32) -> Result<Response<Output>, Status> {
         let mut guard = CallGuard::new(&self.stats);
+        let client_id = request
+            .metadata()
+            .get("l5d-client-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        {
+            let mut last = self.stats.last_client_id.lock().unwrap_or_else(|p| p.into_inner());
+            if *last != client_id {
+                *last = client_id.to_string();
+            }
+        }
         let b = self.behavior();
         if b.work_us > 0 {
             // CPU work on the server's thread: later calls queue behind it.

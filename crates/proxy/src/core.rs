@@ -132,7 +132,17 @@ pub struct ConnMeta {
     pub peer: SocketAddr,
     pub target: Target,
     pub proto: Proto,
+    /// Inbound over mutual TLS: the client proxy's identity (DNS form,
+    /// `sa.ns.serviceaccount.identity.<trust domain>`), told to the app in
+    /// [`CLIENT_ID_HEADER`].
+    pub client_id: Option<Arc<str>>,
 }
+
+/// The header that tells the app which mesh identity called it (the name
+/// Linkerd uses). Set by the inbound proxy on every request of a mutual
+/// TLS connection, and removed from every other inbound request, so that
+/// a client cannot claim an identity it did not prove.
+pub const CLIENT_ID_HEADER: &str = "l5d-client-id";
 
 /// Locks a mutex, recovering the data if another thread panicked holding it:
 /// metrics and balancer state stay usable rather than poisoning the proxy.

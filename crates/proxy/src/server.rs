@@ -218,6 +218,7 @@ async fn serve_conn(
     // plaintext goes the usual way (an `weft.opaque` ALPN says it is opaque).
     let mut detect = std::borrow::Cow::Borrowed(&ctx.detect);
     let mut opaque_by_alpn = false;
+    let mut client_id = None;
     let mut io = match &ctx.identity {
         None => Io::Tcp(stream),
         Some(identity) => {
@@ -225,10 +226,11 @@ async fn serve_conn(
             let mut first = [0u8; 1];
             let peeked = tokio::time::timeout(ctx.detect.timeout, stream.peek(&mut first)).await;
             if matches!(peeked, Ok(Ok(1))) && first[0] == 0x16 {
-                let Some((tls, opaque)) = accept_tls(stream, peer, identity, &ctx).await else {
+                let Some((tls, opaque, client)) = accept_tls(stream, peer, identity, &ctx).await else {
                     return;
                 };
                 opaque_by_alpn = opaque;
+                client_id = client;
                 tls
             } else if ctx.mtls_required.covers(port) {
                 ctx.count_tls("plaintext_refused");
@@ -275,6 +277,7 @@ async fn serve_conn(
         peer,
         target,
         proto,
+        client_id,
     };
     match (proto, ctx.splice) {
         (Proto::Http2, Some(limits)) => {
@@ -294,14 +297,15 @@ async fn serve_conn(
 }
 
 /// Terminates TLS from another proxy: its certificate must chain to this
-/// proxy's anchors. The stream, and whether it carries opaque TCP (ALPN);
-/// `None` when the handshake failed (counted, logged).
+/// proxy's anchors. The stream, whether it carries opaque TCP (ALPN), and
+/// the client's identity (DNS form); `None` when the handshake failed
+/// (counted, logged).
 async fn accept_tls(
     tcp: TcpStream,
     peer: SocketAddr,
     identity: &crate::identity::Identity,
     ctx: &ServerCtx,
-) -> Option<(Io, bool)> {
+) -> Option<(Io, bool, Option<Arc<str>>)> {
     let count = |result: &'static str| ctx.count_tls(result);
     // Wait for the certificate as long as detection would wait for bytes.
     let until = tokio::time::Instant::now() + ctx.detect.timeout;
@@ -328,12 +332,17 @@ async fn accept_tls(
             let client = crate::identity::peer_identity(conn.peer_certificates());
             let opaque = conn.alpn_protocol() == Some(crate::identity::ALPN_OPAQUE);
             tracing::debug!(%peer, client = client.as_deref().unwrap_or("?"), opaque, "mutual TLS from a proxy");
+            let client_dns = client
+                .as_deref()
+                .and_then(weft_identity::Name::from_spiffe)
+                .map(|n| Arc::<str>::from(n.dns()));
             Some((
                 Io::Wrapped {
                     stream: Box::new(s),
                     peer,
                 },
                 opaque,
+                client_dns,
             ))
         }
     }

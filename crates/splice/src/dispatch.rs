@@ -84,6 +84,13 @@ pub trait Dispatch: Send + Sync + 'static {
     /// the layer above has recorded the request already.
     fn open(&self, conn: &mut Self::Conn, head: &RequestHead<'_>, now: Instant) -> Result<Self::Call, Self::Error>;
 
+    /// The request's header fields as they will go on (checked, after
+    /// routing): the layer above may add or remove some (the inbound
+    /// proxy's client identity). The default: none changed.
+    fn rewrite(&self, conn: &Self::Conn, fields: &mut Vec<Field>) {
+        let _ = (conn, fields);
+    }
+
     /// When the call must end (its gRPC deadline), if ever.
     fn deadline(&self, call: &Self::Call) -> Option<Instant>;
 

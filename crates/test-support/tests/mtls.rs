@@ -19,6 +19,7 @@ use weft_test_support::{DiscoveryFile, TestProxy, eventually, metric, process::C
 
 const SVC: &str = "square.test:50051";
 const SQUARE_ID: &str = "square.default.serviceaccount.identity.cluster.local";
+const CLIENT_ID: &str = "client.default.serviceaccount.identity.cluster.local";
 
 /// A TCP relay to `to` that keeps every byte it passes, both ways.
 struct Relay {
@@ -204,7 +205,7 @@ fn tls_count(m: &str, direction: &str, result: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn between_proxies_the_bytes_are_encrypted_and_without_an_identity_they_are_not() {
     let Server {
-        app: _app,
+        app,
         ids,
         disc,
         cp,
@@ -241,18 +242,28 @@ async fn between_proxies_the_bytes_are_encrypted_and_without_an_identity_they_ar
     );
     assert!(tls_count(&client.metrics().await, "outbound", "ok") >= 1.0);
     assert!(tls_count(&inbound.metrics().await, "inbound", "ok") >= 1.0);
+    // The app is told who called, as proven by the client's certificate.
+    assert_eq!(app.stats().last_client_id, CLIENT_ID);
 
-    // Without the identity in discovery: plain TCP, and the relay reads it all.
+    // Without the identity in discovery: plain TCP, and the relay reads it
+    // all. A client that claims an identity in the header is not believed:
+    // the inbound proxy removes it.
     disc.write(&mesh(relay.addr, None));
     eventually("a plaintext call", Duration::from_secs(10), || {
         let mut sq = sq.clone();
         let relay = &relay;
         async move {
-            sq.square(Input { value: 3 }).await.ok()?;
+            let mut req = tonic::Request::new(Input { value: 3 });
+            req.metadata_mut().insert(
+                "l5d-client-id",
+                "admin.default.serviceaccount.identity.cluster.local".parse().unwrap(),
+            );
+            sq.square(req).await.ok()?;
             contains(&relay.take(), b"square-secret-host").then_some(())
         }
     })
     .await;
+    assert_eq!(app.stats().last_client_id, "", "a claimed identity reached the app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,4 +549,97 @@ async fn a_trust_anchor_rotation_under_load_fails_no_call() {
     )
     .await;
     assert_eq!(out.into_inner().result, 16);
+}
+
+/// An HTTP/1.1 app that answers each request with a secret and the
+/// `l5d-client-id` header it got.
+async fn http1_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        buf.drain(..end + 4);
+                        let id = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("l5d-client-id:"))
+                            .map_or("none", str::trim)
+                            .to_string();
+                        let body = format!("http1-secret-answer client-id={id}");
+                        let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        if s.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// HTTP/1.1 between two proxies goes over mutual TLS too (ALPN
+/// `http/1.1`): the relay sees none of it, the app is told the client's
+/// identity, and a claimed one from a plaintext client is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_between_proxies_is_encrypted_and_the_app_learns_the_client_identity() {
+    let app = http1_app().await;
+    let ids = Ids::new();
+    let disc = DiscoveryFile::new();
+    let cp = ids.control_plane(&disc).await;
+    let inbound = ids.proxy(&cp, "square", &["--inbound-forward", &app.to_string()]).await;
+    let relay = Relay::start(inbound.inbound).await;
+    disc.write(&mesh(relay.addr, Some(SQUARE_ID)));
+    serving(&cp).await;
+    let client = ids.proxy(&cp, "client", &[]).await;
+    let get = |addr: SocketAddr, extra: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(format!("GET /secret-path HTTP/1.1\r\nhost: {SVC}\r\n{extra}connection: close\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        text.starts_with("HTTP/1.1 200").then_some(text)
+    };
+    let answer = eventually("an HTTP/1.1 request over mutual TLS", Duration::from_secs(10), || {
+        get(
+            client.outbound,
+            "l5d-client-id: admin.default.serviceaccount.identity.cluster.local\r\n",
+        )
+    })
+    .await;
+    assert!(answer.contains(&format!("client-id={CLIENT_ID}")), "{answer}");
+    let wire = relay.take();
+    assert!(wire.len() > 500, "the relay saw {} bytes", wire.len());
+    assert!(
+        !contains(&wire, b"http1-secret-answer"),
+        "the answer crossed in plaintext"
+    );
+    assert!(
+        !contains(&wire, b"/secret-path"),
+        "the request path crossed in plaintext"
+    );
+
+    // Straight to the inbound, in plaintext, claiming an identity: removed.
+    let answer = get(
+        inbound.inbound,
+        "l5d-client-id: admin.default.serviceaccount.identity.cluster.local\r\n",
+    )
+    .await
+    .expect("a plaintext request to the inbound proxy");
+    assert!(answer.contains("client-id=none"), "{answer}");
 }

@@ -24,7 +24,7 @@ use body::{Finisher, ObservedBody};
 use super::{Call, Head, Memo, RequestPath};
 use crate::{
     balance::{InFlight, load::Candidate},
-    core::{ConnMeta, Proto, lock},
+    core::{CLIENT_ID_HEADER, ConnMeta, Direction, Proto, lock},
     endpoint::Http1Lease,
     error::{ProxyError, chain, find_h2_reason},
     transport::PrefixedIo,
@@ -118,6 +118,17 @@ async fn handle(
     memo: &Mutex<Memo>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
+    if conn.direction == Direction::Inbound {
+        let h = req.headers_mut();
+        h.remove(CLIENT_ID_HEADER);
+        if let Some(id) = conn
+            .client_id
+            .as_deref()
+            .and_then(|id| http::HeaderValue::from_str(id).ok())
+        {
+            h.insert(CLIENT_ID_HEADER, id);
+        }
+    }
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -9,12 +9,19 @@ use tokio::time::Instant;
 use weft_splice::{Answer, Dispatch, End, Failure, Field, RequestHead, UpTx, down::Limits, grpc};
 
 use super::{Call, Head, Memo, Outcome, RequestPath};
-use crate::{balance::InFlight, core::ConnMeta, error::ProxyError};
+use crate::{
+    balance::InFlight,
+    core::{CLIENT_ID_HEADER, ConnMeta, Direction},
+    error::ProxyError,
+};
 
 /// What the request path keeps per splice client connection.
 pub(crate) struct SpliceConn {
     meta: ConnMeta,
     memo: Memo,
+    /// Inbound: the client identity header every request gets (`None`
+    /// without mutual TLS: the header is removed).
+    client_id: Option<Field>,
 }
 
 /// Serves an HTTP/2 client connection with the splice engine until it
@@ -28,9 +35,15 @@ pub(crate) async fn serve(
     drain: impl Future<Output = ()>,
 ) {
     let peer = meta.peer;
+    let client_id = meta.client_id.as_ref().map(|id| Field {
+        name: bytes::Bytes::from_static(CLIENT_ID_HEADER.as_bytes()),
+        value: bytes::Bytes::copy_from_slice(id.as_bytes()),
+        never_index: false,
+    });
     let conn = SpliceConn {
         meta,
         memo: Memo::default(),
+        client_id,
     };
     weft_splice::down::serve(io, prefix, peer, path, conn, limits, drain).await;
 }
@@ -55,6 +68,14 @@ impl Dispatch for RequestPath {
             timeout,
         };
         RequestPath::open(self, &conn.meta, &mut conn.memo, &head, now)
+    }
+
+    fn rewrite(&self, conn: &SpliceConn, fields: &mut Vec<Field>) {
+        if conn.meta.direction != Direction::Inbound {
+            return;
+        }
+        fields.retain(|f| f.name != CLIENT_ID_HEADER.as_bytes());
+        fields.extend(conn.client_id.clone());
     }
 
     fn deadline(&self, call: &Call) -> Option<Instant> {

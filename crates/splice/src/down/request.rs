@@ -167,6 +167,7 @@ impl<D: Dispatch> Down<D> {
             conn: self.id,
             stream: id,
         };
+        self.dispatch.rewrite(&self.conn, fields);
         let head: Arc<[Field]> = fields.drain(..).collect();
         let x = Exchange {
             call,

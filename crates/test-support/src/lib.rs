@@ -7,6 +7,7 @@ pub mod http1;
 pub mod mesh;
 pub mod process;
 pub mod raw;
+pub mod relay;
 
 use std::{
     future::Future,
@@ -21,6 +22,7 @@ use tokio::{
 };
 
 pub use mesh::{DiscoveryFile, TestProxy};
+pub use relay::{Relay, contains};
 
 /// Waits until `check` returns `Some`, polling every 20 ms, or panics with
 /// `what` after `deadline`.

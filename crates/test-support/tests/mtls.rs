@@ -6,71 +6,16 @@
 //! expired certificate, and a client with no certificate, are refused,
 //! counted, and reach no app.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_api::square::{Input, square_client::SquareClient};
 use weft_demo::square::{self, SquareOptions};
-use weft_test_support::{DiscoveryFile, TestProxy, eventually, metric, process::ControlPlane};
+use weft_test_support::{DiscoveryFile, Relay, TestProxy, contains, eventually, metric, process::ControlPlane};
 
 const SVC: &str = "square.test:50051";
 const SQUARE_ID: &str = "square.default.serviceaccount.identity.cluster.local";
 const CLIENT_ID: &str = "client.default.serviceaccount.identity.cluster.local";
-
-/// A TCP relay to `to` that keeps every byte it passes, both ways.
-struct Relay {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Relay {
-    async fn start(to: SocketAddr) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let s = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
-                    continue;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, s.clone()));
-                tokio::spawn(pipe(sr, cw, s.clone()));
-            }
-        });
-        Relay { addr, seen }
-    }
-
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.seen.lock().unwrap())
-    }
-}
-
-/// Copies one direction, keeping what passes.
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut into: tokio::net::tcp::OwnedWriteHalf,
-    seen: Arc<Mutex<Vec<u8>>>,
-) {
-    let mut buf = vec![0u8; 16 << 10];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 || into.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        seen.lock().unwrap().extend_from_slice(&buf[..n]);
-    }
-    let _ = into.shutdown().await;
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 /// A CA directory, tokens for `square` and `client`, their token files.
 struct Ids {
@@ -642,4 +587,94 @@ async fn http1_between_proxies_is_encrypted_and_the_app_learns_the_client_identi
     .await
     .expect("a plaintext request to the inbound proxy");
     assert!(answer.contains("client-id=none"), "{answer}");
+}
+
+/// An app that speaks first (a banner), then echoes.
+async fn banner_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(b"HELLO\n").await.is_ok() {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Opaque TCP from another proxy arrives as TLS with ALPN `weft.opaque`:
+/// the inbound proxy terminates it (client certificate checked) and hands
+/// the bytes to the app untouched, server-speaks-first included. (The
+/// outbound side of opaque TCP is reached through transparent mode only,
+/// whose service addresses the control plane does not serve yet: this test
+/// plays the outbound proxy with a client certificate from the same CA.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_over_mutual_tls_reaches_the_app_byte_for_byte() {
+    let app = banner_app().await;
+    let ids = Ids::new();
+    let disc = DiscoveryFile::new();
+    let cp = ids.control_plane(&disc).await;
+    let inbound = ids.proxy(&cp, "square", &["--inbound-forward", &app.to_string()]).await;
+    let ca = weft_identity::Ca::load(&ids.dir.path().join("ca"), "cluster.local").unwrap();
+    let (key, csr) = weft_identity::request().unwrap();
+    let name = weft_identity::Name::new("cluster.local", "default", "client").unwrap();
+    let issued = ca.issue(&csr, &name, Duration::from_secs(600)).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for a in ca.anchors() {
+        roots.add(rustls_pki_types::CertificateDer::from(a.clone())).unwrap();
+    }
+    let mut chain = vec![rustls_pki_types::CertificateDer::from(issued.leaf)];
+    chain.extend(
+        issued
+            .intermediates
+            .into_iter()
+            .map(rustls_pki_types::CertificateDer::from),
+    );
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            chain,
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"weft.opaque".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(inbound.inbound).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(SQUARE_ID).unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut banner = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut banner))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&banner, b"HELLO\n");
+    // 1 MiB of binary, starting with what would look like HTTP.
+    let mut data = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    data.extend((0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8));
+    let (mut r, mut w) = tokio::io::split(s);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert!(back == data, "{} bytes came back of {}", back.len(), data.len());
+    let m = inbound.metrics().await;
+    assert!(
+        metric(&m, "weft_detect_total", &[("outcome", "tls_opaque")]) >= 1.0,
+        "{m}"
+    );
 }

@@ -88,8 +88,11 @@ pub fn spawn(control: String, token_file: PathBuf, metrics: IdentityMetrics) -> 
         let mut retry = RETRY_FIRST;
         // This process, to the control plane (which generation it holds).
         let instance = format!("{:016x}", fastrand::u64(..));
-        let mut installed = None;
         loop {
+            // Watched until the next renewal after a success; after a
+            // failure only the backoff runs (a CA that changed would
+            // otherwise call for an attempt at once, again and again).
+            let mut installed = None;
             let wait = match certify(&control, &token_file).await {
                 Ok(c) => {
                     installed = Some(c.generation);
@@ -354,7 +357,12 @@ impl Tls {
     }
 }
 
+/// The crypto provider: ring (no C toolchain needed), or aws-lc-rs with
+/// the `aws-lc` feature (measured against ring in bench/MTLS.md).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc")]
+    return Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(not(feature = "aws-lc"))]
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -168,6 +168,11 @@ pub mod files {
     pub const ROTATION: &str = "rotation";
 }
 
+/// A line on stderr (this crate logs nothing otherwise).
+fn tracing_free_note(line: &str) {
+    eprintln!("weft-identity: {line}");
+}
+
 /// Where a trust-anchor rotation stands. The sequence, each step applied
 /// to the CA directory and served to the proxies before the next:
 /// [`Rotation::Idle`] → `bundle` (a new root beside the old in the bundle,
@@ -388,6 +393,13 @@ impl Ca {
             .next()
             .ok_or_else(|| IdentityError::Invalid(format!("{}: no certificate", dir.join(files::ISSUER).display())))?;
         let key = KeyPair::from_pem(&read(files::ISSUER_KEY)?)?;
+        if inspect(&issuer_der)?.public_key != key.public_key_raw() {
+            return Err(IdentityError::Invalid(format!(
+                "{} is not the key of {}",
+                dir.join(files::ISSUER_KEY).display(),
+                dir.join(files::ISSUER).display()
+            )));
+        }
         let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(issuer_der.clone()), key)?;
         let ca = Ca {
             trust_domain: trust_domain.into(),
@@ -400,11 +412,21 @@ impl Ca {
     }
 
     /// The CA in `dir`, created there first if the directory has none.
+    /// A `reissue` step cut short (its files are written one by one) is
+    /// finished here, so the CA loads.
     pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<(Ca, bool), IdentityError> {
-        if dir.join(files::ISSUER).exists() {
-            Ok((Ca::load(dir, trust_domain)?, false))
-        } else {
-            Ok((Ca::create(dir, trust_domain)?, true))
+        if !dir.join(files::ISSUER).exists() {
+            return Ok((Ca::create(dir, trust_domain)?, true));
+        }
+        match Ca::load(dir, trust_domain) {
+            Err(e) if Rotation::of(dir)? == Rotation::Bundled && dir.join(files::NEXT).join(files::ISSUER).exists() => {
+                tracing_free_note(&format!(
+                    "the CA in {} does not load ({e}) during a rotation: finishing its `reissue` step",
+                    dir.display()
+                ));
+                Ok((Ca::rotate(dir, trust_domain, Step::Reissue)?, false))
+            }
+            other => Ok((other?, false)),
         }
     }
 
@@ -440,10 +462,12 @@ impl Ca {
             }
             Step::Reissue => {
                 let new = Ca::load(&next, trust_domain)?;
-                let old = Ca::load(dir, trust_domain)?;
+                // (Read, not loaded: a reissue cut short leaves the issuer's
+                // files from two CAs; this step puts them right.)
+                let old = certs_from_pem(&read(dir.join(files::ANCHORS))?)?;
                 // The new root first (the current one), the old still trusted.
                 let mut anchors = new.anchors.clone();
-                anchors.extend(old.anchors.iter().filter(|a| !new.anchors.contains(a)).cloned());
+                anchors.extend(old.into_iter().filter(|a| !new.anchors.contains(a)));
                 let bundle: String = anchors.iter().map(|d| pem("CERTIFICATE", d)).collect();
                 write_private(&dir.join(files::ANCHORS), &bundle)?;
                 write_private(&dir.join(files::ANCHOR_KEY), &read(next.join(files::ANCHOR_KEY))?)?;

@@ -159,3 +159,28 @@ fn a_trust_anchor_rotation_keeps_every_certificate_valid_until_the_old_root_is_d
     assert!(!dir.join(files::NEXT).exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_reissue_cut_short_by_a_crash_is_finished_when_the_ca_loads_again() {
+    let dir = temp("resume");
+    Ca::create(&dir, "cluster.local").unwrap();
+    Ca::rotate(&dir, "cluster.local", Step::Bundle).unwrap();
+    // The crash: the new issuer's key written, its certificate not yet.
+    std::fs::copy(
+        dir.join(files::NEXT).join(files::ISSUER_KEY),
+        dir.join(files::ISSUER_KEY),
+    )
+    .unwrap();
+    assert!(
+        Ca::load(&dir, "cluster.local").is_err(),
+        "a key that is not the issuer's"
+    );
+    let (ca, created) = Ca::load_or_create(&dir, "cluster.local").unwrap();
+    assert!(!created);
+    assert_eq!(Rotation::of(&dir).unwrap(), Rotation::Reissued);
+    let (_, csr) = request().unwrap();
+    let name = Name::new("cluster.local", "default", "square").unwrap();
+    let issued = ca.issue(&csr, &name, Duration::from_secs(60)).unwrap();
+    assert!(verify_chain(&issued.leaf, &issued.intermediates, ca.anchors()).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

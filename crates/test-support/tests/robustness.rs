@@ -380,3 +380,71 @@ async fn streams_beyond_the_advertised_limit_are_refused() {
         "the first two are served"
     );
 }
+
+/// A scanner: 30,000 gRPC requests with random paths to a known service,
+/// and 3,000 to random authorities, over one connection. The metrics stay
+/// bounded: at most 100 distinct routes per target, then one `overflow`
+/// route; at most 256 targets, then `target="overflow"`; at most 2,000
+/// routes in all; and the proxy still answers a normal call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scanner_of_random_paths_and_authorities_leaves_the_metrics_bounded() {
+    let (_rep, proxy, _d) = mesh(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.outbound).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut requests = Vec::new();
+    for i in 0..33_000u32 {
+        let authority = if i < 30_000 {
+            SVC.to_string()
+        } else {
+            format!("scan-{}.test:50051", rng.u32(..))
+        };
+        let path = format!("/scan.S{}/M{}", rng.u32(..), rng.u32(..));
+        requests.push((authority, path));
+    }
+    let mut answered = 0usize;
+    for chunk in requests.chunks(200) {
+        let mut calls = tokio::task::JoinSet::new();
+        for (authority, path) in chunk {
+            let req = http::Request::post(format!("http://{authority}{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let mut client = client.clone().ready().await.unwrap();
+            let sent = client.send_request(req, true);
+            calls.spawn(async move {
+                let (resp, _) = sent.ok()?;
+                resp.await.ok().map(|_| ())
+            });
+        }
+        while let Some(r) = calls.join_next().await {
+            answered += usize::from(matches!(r, Ok(Some(()))));
+        }
+    }
+    assert!(
+        answered >= 32_000,
+        "only {answered} of 33,000 scanner requests were answered"
+    );
+    let m = proxy.metrics().await;
+    let series = m.lines().filter(|l| l.starts_with("weft_requests_total{")).count();
+    assert!(series <= 2_000 + 257, "{series} request series in the metrics");
+    let known_overflow = m.lines().any(|l| {
+        l.starts_with("weft_requests_total{")
+            && l.contains(&format!("target=\"{SVC}\""))
+            && l.contains("grpc_service=\"overflow\"")
+    });
+    assert!(known_overflow, "the known service's random paths fold into `overflow`");
+    let targets: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter_map(|l| l.split("target=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(
+        targets.len() <= 257 && targets.contains("overflow"),
+        "{} distinct targets in the metrics",
+        targets.len()
+    );
+    assert!(m.len() < 4 << 20, "the metrics page is {} bytes", m.len());
+    a_normal_call_succeeds(&proxy).await;
+}

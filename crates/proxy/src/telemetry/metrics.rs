@@ -20,6 +20,12 @@ use crate::core::lock;
 /// Distinct gRPC routes (service/method) tracked per target; more fold into
 /// `grpc_service="overflow"`.
 pub const MAX_ROUTES: usize = 100;
+/// Distinct targets (authorities) with metrics of their own; requests to
+/// more (a scanner's random authorities) count under `target="overflow"`.
+pub const MAX_TARGETS: usize = 256;
+/// Distinct routes over all targets; past it, a target's new routes fold
+/// into its `overflow` route (bounds the whole at a few MiB).
+pub const MAX_ROUTE_SERIES: usize = 2_000;
 
 /// Latency buckets in seconds: 50 µs to 30 s, about 1.5× apart, fine enough
 /// to read p99.9 between neighbouring buckets.
@@ -160,7 +166,14 @@ pub struct Metrics {
     pub control_plane_disconnects: Counter,
     pub endpoint_connects: Family<TcpLabels, Counter>,
     pub endpoint_connect_errors: Family<TcpLabels, Counter>,
-    routes: Mutex<HashMap<(&'static str, Arc<str>), RouteTable>>,
+    routes: Mutex<RouteTables>,
+}
+
+#[derive(Debug, Default)]
+struct RouteTables {
+    by_target: HashMap<(&'static str, Arc<str>), RouteTable>,
+    /// Routes over all tables.
+    series: usize,
 }
 
 #[derive(Debug, Default)]
@@ -253,7 +266,7 @@ impl Metrics {
             control_plane_disconnects: Counter::default(),
             endpoint_connects: Family::default(),
             endpoint_connect_errors: Family::default(),
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(RouteTables::default()),
         };
         let mut r = Registry::with_prefix("weft");
         r.register(
@@ -351,15 +364,26 @@ impl Metrics {
     /// The metrics of one route. `path` is the request path; gRPC paths
     /// (`/pkg.Service/Method`) give the service and method labels.
     pub fn route(&self, direction: &'static str, target: &Arc<str>, path: &str, grpc: bool) -> Arc<RouteMetrics> {
-        let mut tables = lock(&self.routes);
-        let table = tables.entry((direction, target.clone())).or_default();
+        let mut guard = lock(&self.routes);
+        let tables = &mut *guard;
+        let mut target = target.clone();
+        if !tables.by_target.contains_key(&(direction, target.clone())) && tables.by_target.len() >= MAX_TARGETS {
+            target = Arc::from("overflow");
+        }
+        let table = tables.by_target.entry((direction, target.clone())).or_default();
         let key: &str = if grpc { path } else { "" };
         if let Some(r) = table.routes.get(key) {
             return r.clone();
         }
+        let full = grpc && (table.routes.len() >= MAX_ROUTES || tables.series >= MAX_ROUTE_SERIES);
+        // The overflow route is kept once per table, under a key no path has.
+        const OVERFLOW: &str = "\u{0}overflow";
+        if full && let Some(r) = table.routes.get(OVERFLOW) {
+            return r.clone();
+        }
         let (service, method) = if !grpc {
             ("", "")
-        } else if table.routes.len() >= MAX_ROUTES {
+        } else if full {
             ("overflow", "overflow")
         } else {
             split_grpc_path(path).unwrap_or(("unknown", "unknown"))
@@ -377,9 +401,10 @@ impl Metrics {
             labels,
             responses: Mutex::new(Vec::new()),
         });
-        if table.routes.len() < MAX_ROUTES + 1 {
-            table.routes.insert(key.into(), metrics.clone());
-        }
+        table
+            .routes
+            .insert(if full { OVERFLOW } else { key }.into(), metrics.clone());
+        tables.series += 1;
         metrics
     }
 
@@ -493,5 +518,26 @@ mod tests {
         assert_eq!(&*r.labels.grpc_service, "overflow");
         let r = m.route("outbound", &target, "/pkg.S/M3", true);
         assert_eq!(&*r.labels.grpc_method, "M3");
+    }
+
+    #[test]
+    fn targets_and_all_routes_are_bounded() {
+        let (m, _) = Metrics::new();
+        for t in 0..MAX_TARGETS + 50 {
+            let target: Arc<str> = format!("scan-{t}:80").into();
+            for i in 0..20 {
+                m.route("outbound", &target, &format!("/pkg.S/M{i}"), true);
+            }
+        }
+        let r = m.route("outbound", &"late:80".into(), "/pkg.S/M1", true);
+        assert_eq!(&*r.labels.target.0, "overflow");
+        {
+            let tables = lock(&m.routes);
+            assert_eq!(tables.by_target.len(), MAX_TARGETS + 1);
+            // Each table past the series bound holds one overflow route.
+            assert!(tables.series <= MAX_ROUTE_SERIES + MAX_TARGETS + 1, "{}", tables.series);
+        }
+        let same = m.route("outbound", &"scan-200:80".into(), "/pkg.S/new", true);
+        assert_eq!(&*same.labels.grpc_service, "overflow");
     }
 }

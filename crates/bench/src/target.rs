@@ -346,19 +346,7 @@ impl Target {
             endpoints.clear();
             for (i, p) in replicas.ports.iter().enumerate() {
                 let inbound = procs::free_port()?;
-                self.spawn_proxy(
-                    bins,
-                    &[
-                        "--outbound-listen",
-                        "off",
-                        "--inbound-listen",
-                        &format!("127.0.0.1:{inbound}"),
-                        "--inbound-forward",
-                        &format!("127.0.0.1:{p}"),
-                    ],
-                    inbound,
-                    procs::free_port()?,
-                )?;
+                self.spawn_inbound(bins, inbound, *p, &[])?;
                 endpoints.push((format!("127.0.0.1:{inbound}"), format!("square-{i}")));
             }
         }
@@ -451,26 +439,10 @@ impl Target {
         let cp = format!("127.0.0.1:{cp}");
         let token = |sa: &str| dir.join(format!("{sa}.token")).display().to_string();
         let mut admins = Vec::new();
+        let square_token = token("square");
+        let identity = ["--control-plane", &cp, "--identity-token-file", &square_token];
         for (p, inbound) in replicas.ports.iter().zip(&inbound) {
-            let admin = procs::free_port()?;
-            self.spawn_proxy(
-                bins,
-                &[
-                    "--control-plane",
-                    &cp,
-                    "--identity-token-file",
-                    &token("square"),
-                    "--outbound-listen",
-                    "off",
-                    "--inbound-listen",
-                    &format!("127.0.0.1:{inbound}"),
-                    "--inbound-forward",
-                    &format!("127.0.0.1:{p}"),
-                ],
-                *inbound,
-                admin,
-            )?;
-            admins.push(admin);
+            admins.push(self.spawn_inbound(bins, *inbound, *p, &identity)?);
         }
         self.port = procs::free_port()?;
         let admin = procs::free_port()?;
@@ -537,6 +509,24 @@ impl Target {
             server_name: sq,
         });
         Ok(())
+    }
+
+    /// An inbound-only proxy on `port` in front of the replica on `replica`,
+    /// with `extra` arguments; returns its admin port.
+    fn spawn_inbound(&mut self, bins: &Bins, port: u16, replica: u16, extra: &[&str]) -> anyhow::Result<u16> {
+        let (listen, forward) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{replica}"));
+        let mut args = vec![
+            "--outbound-listen",
+            "off",
+            "--inbound-listen",
+            &listen,
+            "--inbound-forward",
+            &forward,
+        ];
+        args.extend_from_slice(extra);
+        let admin = procs::free_port()?;
+        self.spawn_proxy(bins, &args, port, admin)?;
+        Ok(admin)
     }
 
     fn spawn_proxy(&mut self, bins: &Bins, args: &[&str], port: u16, admin: u16) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [
             "proto/weft/destination/v1/destination.proto",
             "proto/weft/identity/v1/identity.proto",
+            "proto/weft/policy/v1/policy.proto",
         ],
         ["proto"],
     )?;

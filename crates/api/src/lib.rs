@@ -2,6 +2,7 @@
 //!
 //! - [`destination`]: the control plane's discovery API (`weft.destination.v1`).
 //! - [`identity`]: its identity API (`weft.identity.v1`): certificates for CSRs.
+//! - [`policy`]: its policy API (`weft.policy.v1`): each workload's authorization policy.
 //! - [`square`]: the demo service (`Square`) and its runtime knobs (`SquareControl`).
 //! - [`grpc_testing`]: a wire-compatible subset of the gRPC interop `TestService`,
 //!   used to check that weft carries every gRPC shape (streaming, status, metadata).
@@ -15,6 +16,14 @@ pub mod destination {
 
     /// The gRPC path of `Destination/Get`.
     pub const GET_PATH: &str = "/weft.destination.v1.Destination/Get";
+}
+
+/// The control plane's policy API, version 1.
+pub mod policy {
+    include!(concat!(env!("OUT_DIR"), "/weft.policy.v1.rs"));
+
+    /// The gRPC path of `Policy/Watch`.
+    pub const WATCH_PATH: &str = "/weft.policy.v1.Policy/Watch";
 }
 
 /// The control plane's identity API, version 1.

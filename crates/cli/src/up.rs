@@ -121,6 +121,14 @@ impl WorkloadRun {
     }
 }
 
+/// What weft-control is given: the services, the mesh's policy and each
+/// workload's.
+type ControlFile = (
+    BTreeMap<ServiceName, Service>,
+    Option<weft_policy::MeshPolicy>,
+    BTreeMap<WorkloadName, weft_policy::WorkloadPolicy>,
+);
+
 struct Up {
     file: PathBuf,
     base: PathBuf,
@@ -136,7 +144,7 @@ struct Up {
     control: Helper,
     entry: Option<Helper>,
     workloads: BTreeMap<WorkloadName, WorkloadRun>,
-    written: Option<BTreeMap<ServiceName, Service>>,
+    written: Option<ControlFile>,
     shown: String,
     redraw: bool,
 }
@@ -535,9 +543,19 @@ impl Up {
     }
 
     fn write_endpoints(&mut self) -> anyhow::Result<()> {
-        let now = self.endpoints();
+        // JWKS files are named relative to the mesh file; weft-control
+        // reads its own file elsewhere.
+        let policy = self.mesh.policy.clone().map(|mut p| {
+            for provider in p.jwt.values_mut() {
+                if let Some(f) = &mut provider.jwks_file {
+                    *f = self.base.join(&*f);
+                }
+            }
+            p
+        });
+        let now: ControlFile = (self.endpoints(), policy, self.mesh.workload_policies());
         if self.written.as_ref() != Some(&now) {
-            weft_mesh::write_services(&self.dirs.endpoints(), &now)?;
+            weft_mesh::write_control_file(&self.dirs.endpoints(), &now.0, now.1.as_ref(), &now.2)?;
             self.written = Some(now);
         }
         Ok(())
@@ -585,6 +603,7 @@ impl Up {
             admin,
             health_check: false,
             mtls_required: false,
+            policy: None,
         };
         let mut child = spawn_proxy(&self.proxy_bin, &spec, &self.logs)?;
         let log = self.dirs.logs().join("entry.proxy.log");

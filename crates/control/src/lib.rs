@@ -1,14 +1,16 @@
 //! weft-control, the control plane: it learns the mesh from a [`source`]
 //! (the mesh file now, Kubernetes later), keeps it in a [`store`], and
 //! streams each service's endpoints to the proxies that ask
-//! ([`destination`], API `weft.destination.v1`). With a CA it also signs
-//! the proxies' certificates ([`identity`], API `weft.identity.v1`). The
-//! Policy service joins beside them in the next issue.
+//! ([`destination`], API `weft.destination.v1`), and each workload's
+//! authorization policy to its inbound proxies ([`policy`], API
+//! `weft.policy.v1`). With a CA it also signs the proxies' certificates
+//! ([`identity`], API `weft.identity.v1`).
 
 pub mod admin;
 pub mod destination;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub mod source;
 pub mod store;
 
@@ -49,6 +51,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let mut mesh = source.watch();
+    let policy_mesh = mesh.clone();
     let store = Arc::new(Store::new(mesh.borrow_and_update().clone()));
     record(&metrics, &store);
 
@@ -113,17 +116,23 @@ pub async fn serve(
 
     let identity =
         identity.map(|svc| IdentityServer::from_arc(svc).max_decoding_message_size(identity::MAX_CSR + 1024));
+    let metrics_for_policy = metrics.clone();
     let service = destination::DestinationService {
         store,
         metrics,
         source: source.describe(),
     };
+    let policy = weft_api::policy::policy_server::PolicyServer::new(policy::PolicyService {
+        mesh: policy_mesh,
+        metrics: metrics_for_policy,
+    });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE))
         .http2_keepalive_timeout(Some(KEEPALIVE))
         .tcp_nodelay(true)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_service(DestinationServer::new(service))
+        .add_service(policy)
         .add_optional_service(identity)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), shutdown)
         .await?;

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub refusals: Counter,
     /// Identity.Certify answers.
     pub certificates: Family<CertLabels, Counter>,
+    /// Open Policy.Watch streams.
+    pub policy_watches: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +67,11 @@ impl Metrics {
             self.refusals.clone(),
         );
         r.register(
+            "policy_watches",
+            "Open Policy.Watch streams (inbound proxies watching their workload's policy)",
+            self.policy_watches.clone(),
+        );
+        r.register(
             "certificates",
             "Identity.Certify answers: issued, or refused and why",
             self.certificates.clone(),
@@ -75,15 +82,20 @@ impl Metrics {
     pub fn watch_opened(self: &Arc<Self>) -> WatchGuard {
         self.watches.inc();
         self.watches_opened.inc();
-        WatchGuard(self.clone())
+        WatchGuard(self.watches.clone())
+    }
+
+    pub fn policy_watch_opened(self: &Arc<Self>) -> WatchGuard {
+        self.policy_watches.inc();
+        WatchGuard(self.policy_watches.clone())
     }
 }
 
 /// Counts one open watch until dropped.
-pub struct WatchGuard(Arc<Metrics>);
+pub struct WatchGuard(Gauge);
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
-        self.0.watches.dec();
+        self.0.dec();
     }
 }

@@ -14,11 +14,53 @@ use std::{
 use tokio::sync::{mpsc, watch};
 use weft_mesh::{Endpoint, MeshError, MeshFile, ServiceName};
 
-/// The mesh as a source knows it: services by name, and virtual addresses.
+/// The mesh as a source knows it: services by name, virtual addresses,
+/// and the workloads' authorization policies.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Mesh {
     pub services: HashMap<ServiceName, Arc<ServiceEndpoints>>,
     pub vips: HashMap<SocketAddr, ServiceName>,
+    pub policies: Arc<Policies>,
+}
+
+/// Each workload's authorization policy, resolved (JWKS read), ready to
+/// send; a workload with none gets the mesh's default.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Policies {
+    pub mesh: weft_policy::MeshPolicy,
+    pub workloads: BTreeMap<String, Arc<weft_policy::Resolved>>,
+}
+
+impl Policies {
+    /// The policies a mesh file gives; JWKS files are read relative to
+    /// `base` (the file's directory). An error names what is wrong.
+    pub fn from_file(file: &MeshFile, base: &Path) -> Result<Self, String> {
+        let mesh = file.policy.clone().unwrap_or_default();
+        let mut workloads = BTreeMap::new();
+        for (name, p) in file.workload_policies() {
+            let resolved = weft_policy::Resolved::resolve(name.as_str(), Some(&p), &mesh, |_, provider| {
+                match &provider.jwks_url {
+                    Some(url) => Err(format!(
+                        "jwks_url {url}: fetching keys by URL is not built yet; put the JWKS in a file (jwks_file)"
+                    )),
+                    None => weft_policy::spec::read_jwks_file(base, provider),
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            workloads.insert(name.as_str().to_string(), Arc::new(resolved));
+        }
+        Ok(Policies { mesh, workloads })
+    }
+
+    /// `workload`'s policy: its own, or the mesh's default.
+    pub fn for_workload(&self, workload: &str) -> Arc<weft_policy::Resolved> {
+        if let Some(p) = self.workloads.get(workload) {
+            return p.clone();
+        }
+        let resolved = weft_policy::Resolved::resolve(workload, None, &self.mesh, |_, _| Err(String::new()))
+            .expect("a policy with no servers needs no keys");
+        Arc::new(resolved)
+    }
 }
 
 /// One service's endpoints, by address.
@@ -29,7 +71,14 @@ pub struct ServiceEndpoints {
 }
 
 impl Mesh {
-    /// The mesh a mesh file's `services` describe.
+    /// The mesh a mesh file describes (JWKS files read relative to `base`).
+    pub fn from_file_at(file: &MeshFile, base: &Path) -> Result<Self, String> {
+        let mut mesh = Mesh::from_file(file);
+        mesh.policies = Arc::new(Policies::from_file(file, base)?);
+        Ok(mesh)
+    }
+
+    /// The mesh a mesh file's `services` describe (no policies).
     pub fn from_file(file: &MeshFile) -> Self {
         let mut mesh = Mesh::default();
         for (name, svc) in &file.services {
@@ -105,17 +154,21 @@ impl FileSource {
         })?;
         let file = MeshFile::parse(&path, &text)?;
         if !file.workloads.is_empty() {
-            tracing::info!(path = %path.display(), "the file's workloads are for `weft up`; serving its services");
+            tracing::info!(path = %path.display(), "the file's workloads are for `weft up`; serving its services and policies");
         }
-        let (mesh_tx, mesh) = watch::channel(Arc::new(Mesh::from_file(&file)));
-        let (refusal_tx, refusals) = watch::channel(None);
-
-        // inotify on the directory, so that a file replaced by a rename
-        // (editors, `weft up`) is seen as well as one written in place.
         let dir = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
+        let first = Mesh::from_file_at(&file, &dir).map_err(|message| MeshError::Invalid {
+            path: path.clone(),
+            message,
+        })?;
+        let (mesh_tx, mesh) = watch::channel(Arc::new(first));
+        let (refusal_tx, refusals) = watch::channel(None);
+
+        // inotify on the directory, so that a file replaced by a rename
+        // (editors, `weft up`) is seen as well as one written in place.
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let _ = tx.send(event);
@@ -127,6 +180,7 @@ impl FileSource {
             .map_err(|e| SourceError::Watch(format!("{}: {e}", dir.display())))?;
 
         let watched = path.clone();
+        let base = dir.clone();
         tokio::spawn(async move {
             let mut last_text = text;
             while let Some(event) = rx.recv().await {
@@ -154,9 +208,11 @@ impl FileSource {
                 if text == last_text || text.is_empty() {
                     continue;
                 }
-                match MeshFile::parse(&watched, &text) {
-                    Ok(file) => {
-                        let next = Mesh::from_file(&file);
+                match MeshFile::parse(&watched, &text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|file| Mesh::from_file_at(&file, &base).map_err(|e| format!("{}: {e}", watched.display())))
+                {
+                    Ok(next) => {
                         tracing::info!(
                             path = %watched.display(),
                             services = next.services.len(),
@@ -173,7 +229,7 @@ impl FileSource {
                         });
                         refusal_tx.send_replace(None);
                     }
-                    Err(e) => refuse(&refusal_tx, e.to_string()),
+                    Err(e) => refuse(&refusal_tx, e),
                 }
                 last_text = text;
             }

@@ -52,6 +52,15 @@ pub struct MeshFile {
     pub workloads: BTreeMap<WorkloadName, Workload>,
     #[serde(default)]
     pub services: BTreeMap<ServiceName, Service>,
+    /// Mesh-wide authorization policy: the default for workloads that set
+    /// none, the cluster's networks, external (JWT) identity providers.
+    #[serde(default)]
+    pub policy: Option<weft_policy::MeshPolicy>,
+    /// Workloads' policies by workload name, for workloads this file does
+    /// not run (what `weft up` gives weft-control; a workload `weft up`
+    /// runs says its own in `workloads.<name>.policy`).
+    #[serde(default)]
+    pub policies: BTreeMap<WorkloadName, weft_policy::WorkloadPolicy>,
 }
 
 /// A service: its endpoints and the virtual addresses that mean it.
@@ -243,6 +252,10 @@ pub struct Workload {
     /// Per-route retries and timeouts of the service its port makes.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Who may call it: servers (its ports) and their authorizations, and
+    /// the default for the rest (see weft-policy).
+    #[serde(default)]
+    pub policy: Option<weft_policy::WorkloadPolicy>,
 }
 
 /// A port a workload serves.
@@ -461,7 +474,25 @@ impl MeshFile {
                 }
             }
         }
+        let mesh_policy = self.policy.clone().unwrap_or_default();
+        mesh_policy
+            .check()
+            .map_err(|e| MeshError::invalid(path, format!("{}{e}", at_line(text, "policy:", 1))))?;
+        for (name, p) in &self.policies {
+            if self.workloads.get(name).is_some_and(|w| w.policy.is_some()) {
+                return Err(MeshError::invalid(
+                    path,
+                    format!("policies.{name}: workload `{name}` has a policy of its own already"),
+                ));
+            }
+            p.check(&format!("policies.{name}"), &mesh_policy)
+                .map_err(|e| MeshError::invalid(path, e.to_string()))?;
+        }
         for (name, w) in &self.workloads {
+            if let Some(p) = &w.policy {
+                p.check(&format!("workloads.{name}.policy"), &mesh_policy)
+                    .map_err(|e| MeshError::invalid(path, e.to_string()))?;
+            }
             if w.replicas > MAX_REPLICAS {
                 return Err(MeshError::invalid(
                     path,
@@ -505,6 +536,18 @@ impl MeshFile {
             }
         }
         Ok(())
+    }
+
+    /// Every workload's policy the file gives: `policies`, and each
+    /// workload's own.
+    pub fn workload_policies(&self) -> BTreeMap<WorkloadName, weft_policy::WorkloadPolicy> {
+        let mut out = self.policies.clone();
+        for (name, w) in &self.workloads {
+            if let Some(p) = &w.policy {
+                out.insert(name.clone(), p.clone());
+            }
+        }
+        out
     }
 
     /// Every service the file names: its `services`, and for each workload
@@ -572,6 +615,17 @@ fn yaml_message(e: &serde_yaml::Error) -> String {
 /// atomically, through a temporary file and a rename, so a reader never
 /// sees half of it.
 pub fn write_services(path: &Path, services: &BTreeMap<ServiceName, Service>) -> std::io::Result<()> {
+    write_control_file(path, services, None, &BTreeMap::new())
+}
+
+/// Writes what weft-control serves: the services, and the authorization
+/// policy (mesh-wide, and each workload's under `policies`), atomically.
+pub fn write_control_file(
+    path: &Path,
+    services: &BTreeMap<ServiceName, Service>,
+    policy: Option<&weft_policy::MeshPolicy>,
+    policies: &BTreeMap<WorkloadName, weft_policy::WorkloadPolicy>,
+) -> std::io::Result<()> {
     let mut out = String::from("# Written by `weft up`; do not edit (your mesh file is the source).\nservices:\n");
     if services.is_empty() {
         out = out.replace("services:\n", "services: {}\n");
@@ -621,6 +675,21 @@ pub fn write_services(path: &Path, services: &BTreeMap<ServiceName, Service>) ->
                 out.push_str(&format!("        weight: {}\n", e.weight));
             }
         }
+    }
+    #[derive(serde::Serialize)]
+    struct PolicyPart<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        policy: Option<&'a weft_policy::MeshPolicy>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        policies: BTreeMap<&'a str, &'a weft_policy::WorkloadPolicy>,
+    }
+    let part = PolicyPart {
+        policy,
+        policies: policies.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+    };
+    if part.policy.is_some() || !part.policies.is_empty() {
+        let yaml = serde_yaml::to_string(&part).map_err(std::io::Error::other)?;
+        out.push_str(&yaml);
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, out)?;

@@ -150,3 +150,57 @@ fn a_port_may_require_mtls_and_a_wrong_word_is_named() {
     let e = err("workloads:\n  square:\n    command: square\n    ports: [{port: 50051, mtls: strict}]\n");
     assert!(e.contains("unknown variant `strict`") && e.contains("line 4"), "{e}");
 }
+
+const POLICY: &str = r#"
+policy:
+  default: all-authenticated
+  jwt:
+    corp: {issuer: "https://id.example.com", audiences: [square], jwks_file: jwks.json}
+workloads:
+  square:
+    command: square
+    ports: [{port: 50051}]
+    policy:
+      default: deny
+      servers:
+        grpc:
+          port: 50051
+          mode: audit
+          authorizations:
+            clients:
+              identities: [client.default.serviceaccount.identity.cluster.local]
+              routes: [{grpc: square.Square/Square}]
+            people: {jwt: [{provider: corp, subjects: [alice]}]}
+policies:
+  billing:
+    servers: {http: {port: 8080, protocol: http, authorizations: {all: {unauthenticated: true, routes: [{path_prefix: /api, method: GET}]}}}}
+"#;
+
+#[test]
+fn policies_parse_check_and_read_back_the_same_from_what_weft_up_writes() {
+    let file = parse(POLICY).unwrap();
+    let policies = file.workload_policies();
+    assert_eq!(policies.len(), 2);
+    let square = &policies[&WorkloadName::parse("square").unwrap()];
+    assert_eq!(square.default, Some(weft_policy::DefaultPolicy::Deny));
+    let dir = std::env::temp_dir().join(format!("weft-mesh-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("endpoints.yaml");
+    write_control_file(&path, &BTreeMap::new(), file.policy.as_ref(), &policies).unwrap();
+    let back = MeshFile::read(&path).unwrap();
+    assert_eq!(back.policy, file.policy);
+    assert_eq!(back.workload_policies(), policies);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_policy_mistake_is_refused_naming_its_field() {
+    let e = err(&POLICY.replace("provider: corp", "provider: okta"));
+    assert!(e.contains("workloads.square.policy.servers.grpc.authorizations.people.jwt[0].provider: `okta` is not a provider"), "{e}");
+    let e = err(&POLICY.replace("mode: audit", "mode: loud"));
+    assert!(e.contains("unknown variant `loud`") && e.contains("line "), "{e}");
+    let e = err(&format!("{POLICY}  square: {{}}\n"));
+    assert!(e.contains("policies.square: workload `square` has a policy of its own already"), "{e}");
+    let e = err(&POLICY.replace("audiences: [square]", "audiences: []"));
+    assert!(e.contains("policy.jwt.corp.audiences"), "{e}");
+}

@@ -113,6 +113,18 @@ impl Proxy {
             )),
             _ => None,
         };
+        let policy = listeners.inbound.as_ref().map(|_| {
+            let p = crate::policy::Policy::new(
+                config.inbound_default_policy,
+                config.inbound_mtls_required.clone(),
+                config.inbound_policy_port,
+                metrics.authz.clone(),
+            );
+            if let (Some(w), Some(cp)) = (&config.policy_workload, &config.control_plane) {
+                crate::policy::spawn_watch(cp.clone(), w.clone(), p.clone());
+            }
+            p
+        });
         let (outbound, inbound, discovery) = routers(&config, &metrics, &own, identity.clone());
         let balancers = balancers(&outbound, &inbound);
         registry.register_collector(Box::new(BalancerCollector {
@@ -134,7 +146,7 @@ impl Proxy {
             let side = Side::Outbound(Outbound {
                 router: outbound.clone(),
             });
-            let ctx = Arc::new(ServerCtx::new(side, outbound.clone(), metrics.clone(), &config, None));
+            let ctx = Arc::new(ServerCtx::new(side, outbound.clone(), metrics.clone(), &config, None, None));
             tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
         }
         if let Some(l) = listeners.inbound {
@@ -148,6 +160,7 @@ impl Proxy {
                 metrics.clone(),
                 &config,
                 identity.clone(),
+                policy.clone(),
             ));
             tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
         }
@@ -164,6 +177,7 @@ impl Proxy {
                 details: Arc::new(move || discovery.status().unwrap_or_default()),
                 app_health,
                 identity,
+                policy: policy.filter(|_| config.policy_workload.is_some()),
             });
             let fut = admin::serve(l, state, async move {
                 let _ = admin_stopped.await;

@@ -81,6 +81,30 @@ pub struct Config {
     )]
     pub inbound_mtls_required: MtlsRequired,
 
+    /// Watch this workload's authorization policy from the control plane
+    /// (weft.policy.v1): every inbound request, and every opaque inbound
+    /// connection, is checked against it before the app sees a byte; a
+    /// denied gRPC call gets PERMISSION_DENIED, HTTP 403, TCP is closed.
+    /// Each change applies at once. `/policy` on the admin port shows it.
+    /// Needs --control-plane.
+    #[arg(long, env = "WEFT_POLICY_WORKLOAD", value_name = "WORKLOAD", requires = "control_plane")]
+    pub policy_workload: Option<String>,
+
+    /// What the inbound side allows before a policy arrives, or with no
+    /// --policy-workload: all-unauthenticated, all-authenticated (a mesh
+    /// identity), cluster-authenticated (that, or a private address),
+    /// deny, audit (allow, counting what is not authenticated). Ports in
+    /// --inbound-mtls-required deny until the first policy (fail closed).
+    #[arg(long, env = "WEFT_INBOUND_DEFAULT_POLICY", value_name = "POLICY", default_value = "all-unauthenticated")]
+    pub inbound_default_policy: weft_policy::DefaultPolicy,
+
+    /// The port the workload's policy names for the app (its server's
+    /// port), when the app listens on another one (`weft up` runs each
+    /// replica on its own port behind --inbound-forward). Default: the
+    /// app's own port.
+    #[arg(long, env = "WEFT_INBOUND_POLICY_PORT", value_name = "PORT")]
+    pub inbound_policy_port: Option<u16>,
+
     /// This proxy's workload (e.g. `square-1`), told to the control plane
     /// for its logs.
     #[arg(long, env = "WEFT_WORKLOAD")]
@@ -385,6 +409,9 @@ impl Config {
             "control_plane": self.control_plane,
             "identity_token_file": self.identity_token_file,
             "workload": self.workload,
+            "policy_workload": self.policy_workload,
+            "inbound_default_policy": self.inbound_default_policy.as_str(),
+            "inbound_policy_port": self.inbound_policy_port,
             "balancer": self.balancer.to_string(),
             "ewma_decay_ms": self.ewma_decay.as_secs_f64() * 1e3,
             "accrual_failures": self.accrual_failures,

@@ -49,6 +49,10 @@ pub(crate) enum ProxyError {
     Loop { target: SocketAddr, listener: &'static str },
     #[error("the app is at its limit of {0} concurrent requests (--inbound-max-concurrency); try another replica")]
     Overloaded(usize),
+    /// The workload's authorization policy refused the request (which
+    /// identity would have been allowed stays in the proxy's log).
+    #[error("forbidden by the authorization policy: server {server}: {reason}")]
+    Forbidden { server: Arc<str>, reason: &'static str },
 }
 
 /// Whose fault a failure is, for logs and metrics.
@@ -79,6 +83,7 @@ impl ProxyError {
             },
             ProxyError::Upstream { .. } | ProxyError::Unsent(_) => code::UNAVAILABLE,
             ProxyError::Overloaded(_) => code::RESOURCE_EXHAUSTED,
+            ProxyError::Forbidden { .. } => code::PERMISSION_DENIED,
         }
     }
 
@@ -95,6 +100,7 @@ impl ProxyError {
             ProxyError::Unsent(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Loop { .. } => StatusCode::LOOP_DETECTED,
             ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -112,12 +118,16 @@ impl ProxyError {
             ProxyError::Unsent(_) => "unsent",
             ProxyError::Loop { .. } => "loop",
             ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::Forbidden { .. } => "forbidden",
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::NoTarget(_) | ProxyError::DeadlineExceeded(_) | ProxyError::Loop { .. } => Fault::Downstream,
+            ProxyError::NoTarget(_)
+            | ProxyError::DeadlineExceeded(_)
+            | ProxyError::Loop { .. }
+            | ProxyError::Forbidden { .. } => Fault::Downstream,
             ProxyError::UnknownService(_) | ProxyError::DiscoveryPending { .. } | ProxyError::NoEndpoints(_) => {
                 Fault::Discovery
             }

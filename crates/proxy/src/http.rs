@@ -62,6 +62,9 @@ pub(crate) struct Head<'a> {
     pub grpc: bool,
     /// The call's time budget (`grpc-timeout`), for gRPC requests.
     pub timeout: Option<Duration>,
+    pub method: &'a str,
+    /// The `authorization` header (a bearer token for the policy).
+    pub authorization: Option<&'a str>,
 }
 
 /// The request path of one listener (inbound or outbound).
@@ -78,6 +81,8 @@ pub(crate) struct RequestPath {
     retry_codes: Option<u32>,
     /// The gRPC codes that count as an endpoint's failure (a bit per code).
     failure_codes: u32,
+    /// Inbound: the authorization policy every request is checked against.
+    policy: Option<Arc<crate::policy::Policy>>,
 }
 
 /// At most `max` requests at once; the ones beyond are shed.
@@ -169,6 +174,7 @@ impl RequestPath {
         limit: Option<Arc<Limit>>,
         retry_codes: Option<u32>,
         failure_codes: u32,
+        policy: Option<Arc<crate::policy::Policy>>,
     ) -> Self {
         RequestPath {
             router,
@@ -177,6 +183,7 @@ impl RequestPath {
             limit,
             retry_codes,
             failure_codes,
+            policy,
         }
     }
 
@@ -199,6 +206,29 @@ impl RequestPath {
             Err(e) => return Err(self.refuse(conn, head.path, head.grpc, e, start)),
         };
         route.requests.inc();
+        // Inbound authorization, before any byte goes on (and before
+        // it takes a place under the concurrency limit).
+        if let Some(authz) = &self.policy {
+            let port = match &conn.target {
+                crate::core::Target::Fixed(crate::core::Dest::Addr(a)) => Some(a.port()),
+                _ => None,
+            };
+            let ask = crate::policy::Ask {
+                port: authz.server_port.or(port).unwrap_or(0),
+                client: conn.peer.ip(),
+                identity: conn.client_id.as_deref(),
+                route: Some((head.path, head.method)),
+                authorization: head.authorization,
+            };
+            if let Err(denied) = authz.check(&ask) {
+                let err = ProxyError::Forbidden {
+                    server: denied.server,
+                    reason: denied.reason,
+                };
+                self.record_answer(&route, head.grpc, &err, start);
+                return Err(err);
+            }
+        }
         // Overload: shed before the app sees the request, with a code that
         // tells the caller's proxy to try another replica.
         let permit = match &self.limit {
@@ -224,7 +254,6 @@ impl RequestPath {
             (a, b) => a.or(b),
         };
         let unrouted = policy.is_none().then(|| Box::<str>::from(head.path));
-        // Authorization (the policy issue) comes here, before any byte goes on.
         Ok(Call {
             retry_codes,
             failure_codes: self.failure_codes,

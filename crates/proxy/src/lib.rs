@@ -10,8 +10,9 @@
 //!  transport    original destination, protocol detection, replayed prefix (later: TLS)
 //!  inbound, outbound   who the connection's target is, decided once
 //!  http         the request path, the same for both HTTP engines:
-//!               open (route, [authorize]) → pick → send → responded/finish
+//!               open (route, authorize inbound) → pick → send → responded/finish
 //!               serve_splice (HTTP/2: the weft-splice engine) | serve_hyper (HTTP/1.1, --h2-engine hyper)
+//!  policy       inbound authorization: the workload's policy, watched from the control plane
 //!  tcp          opaque forwarding, balanced per connection
 //!  route        destination → balancer, created on first use, evicted when idle
 //!  balance      endpoint set from discovery; P2C over peak-EWMA load
@@ -37,6 +38,7 @@ mod http;
 pub mod identity;
 mod inbound;
 mod outbound;
+mod policy;
 mod route;
 mod server;
 mod tcp;

@@ -77,6 +77,8 @@ pub(crate) struct ServerCtx {
     identity: Option<crate::identity::Identity>,
     /// Inbound ports that refuse plaintext (`--inbound-mtls-required`).
     mtls_required: crate::config::MtlsRequired,
+    /// Inbound: the authorization policy (opaque connections are checked here).
+    policy: Option<Arc<crate::policy::Policy>>,
 }
 
 impl ServerCtx {
@@ -86,6 +88,7 @@ impl ServerCtx {
         metrics: Arc<Metrics>,
         config: &Config,
         identity: Option<crate::identity::Identity>,
+        policy: Option<Arc<crate::policy::Policy>>,
     ) -> Self {
         let side_is_inbound = matches!(side, Side::Inbound(_));
         let per_client = side_is_inbound.then_some(config.max_connections_per_client as usize);
@@ -113,6 +116,7 @@ impl ServerCtx {
                 limit,
                 retry_codes,
                 config.failure_codes.0,
+                policy.clone(),
             )),
             router,
             metrics,
@@ -143,6 +147,7 @@ impl ServerCtx {
             } else {
                 crate::config::MtlsRequired::default()
             },
+            policy,
         }
     }
 }
@@ -290,6 +295,20 @@ async fn serve_conn(
         // Opaque connections cannot be drained politely: they get the
         // shutdown grace period, then close with the process.
         (Proto::Opaque, _) => {
+            if let Some(policy) = &ctx.policy {
+                let ask = crate::policy::Ask {
+                    port: policy.server_port.or(port).unwrap_or(0),
+                    client: meta.peer.ip(),
+                    identity: meta.client_id.as_deref(),
+                    route: None,
+                    authorization: None,
+                };
+                if let Err(denied) = policy.check(&ask) {
+                    tracing::debug!(%peer, server = %denied.server, reason = denied.reason, "opaque connection denied; closed");
+                    ctx.metrics.connection_error(direction.label(), "forbidden");
+                    return;
+                }
+            }
             let io = PrefixedIo::new(detection.prefix, io);
             tcp::forward(io, &meta, &ctx.router, &ctx.metrics, ctx.fail_fast).await;
         }

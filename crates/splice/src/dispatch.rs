@@ -27,6 +27,9 @@ pub struct RequestHead<'a> {
     pub grpc: bool,
     /// The raw `grpc-timeout` header, if any.
     pub grpc_timeout: Option<&'a [u8]>,
+    pub method: &'a [u8],
+    /// The `authorization` header, if any (for the layer above's policy).
+    pub authorization: Option<&'a [u8]>,
 }
 
 /// An error the proxy answers a request with itself: a gRPC status

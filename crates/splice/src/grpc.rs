@@ -11,6 +11,7 @@ pub mod code {
     pub const UNKNOWN: u16 = 2;
     pub const INVALID_ARGUMENT: u16 = 3;
     pub const DEADLINE_EXCEEDED: u16 = 4;
+    pub const PERMISSION_DENIED: u16 = 7;
     pub const RESOURCE_EXHAUSTED: u16 = 8;
     pub const INTERNAL: u16 = 13;
     pub const UNAVAILABLE: u16 = 14;

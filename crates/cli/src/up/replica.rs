@@ -126,6 +126,7 @@ impl Replica {
                 admin: ports.admin,
                 health_check: l.spec.ports.iter().any(|p| p.protocol == weft_mesh::Protocol::Grpc),
                 mtls_required: l.spec.ports.iter().any(|p| p.mtls == weft_mesh::Mtls::Required),
+                policy: Some((l.workload.as_str(), l.spec.ports.first().map(|p| p.port))),
             },
             l.logs,
         )?;
@@ -219,6 +220,9 @@ pub struct ProxySpec<'a> {
     pub health_check: bool,
     /// Whether its inbound refuses plaintext (the port is `mtls: required`).
     pub mtls_required: bool,
+    /// The workload whose authorization policy its inbound enforces, and
+    /// the port the policy names for the app.
+    pub policy: Option<(&'a str, Option<u16>)>,
 }
 
 /// Starts a weft-proxy: outbound for its app, and inbound in front of
@@ -233,6 +237,7 @@ pub fn spawn_proxy(bin: &Path, spec: &ProxySpec<'_>, logs: &Path) -> anyhow::Res
         admin,
         health_check,
         mtls_required,
+        policy,
     } = *spec;
     let (out, err) = log_file(logs, &format!("{name}.proxy.log"))?;
     let mut cmd = Command::new(bin);
@@ -243,6 +248,12 @@ pub fn spawn_proxy(bin: &Path, spec: &ProxySpec<'_>, logs: &Path) -> anyhow::Res
         cmd.arg("--identity-token-file").arg(t);
         if mtls_required && inbound.is_some() {
             cmd.args(["--inbound-mtls-required", "all"]);
+        }
+    }
+    if let (Some((workload, port)), Some(_)) = (policy, inbound) {
+        cmd.args(["--policy-workload", workload]);
+        if let Some(p) = port {
+            cmd.args(["--inbound-policy-port", &p.to_string()]);
         }
     }
     match inbound {

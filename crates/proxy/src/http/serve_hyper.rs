@@ -149,6 +149,11 @@ async fn handle(
                 path: req.uri().path(),
                 grpc,
                 timeout,
+                method: req.method().as_str(),
+                authorization: req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
             };
             path.open(conn, &mut lock(memo), &head, start)
         }

@@ -66,6 +66,8 @@ impl Dispatch for RequestPath {
             path: std::str::from_utf8(head.path).unwrap_or("/"),
             grpc: head.grpc,
             timeout,
+            method: std::str::from_utf8(head.method).unwrap_or(""),
+            authorization: head.authorization.and_then(|a| std::str::from_utf8(a).ok()),
         };
         RequestPath::open(self, &conn.meta, &mut conn.memo, &head, now)
     }

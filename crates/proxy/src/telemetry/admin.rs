@@ -41,6 +41,8 @@ pub(crate) struct AdminState {
     pub details: Arc<dyn Fn() -> String + Send + Sync>,
     /// The workload identity (`--identity-token-file`).
     pub identity: Option<crate::identity::Identity>,
+    /// The inbound authorization policy, when watched (`--policy-workload`).
+    pub policy: Option<Arc<crate::policy::Policy>>,
     /// What admin actions that change state require (`--admin-token`); `None`: they are off.
     pub token: Option<String>,
 }
@@ -120,6 +122,15 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
                         (state.details)()
                     ),
                 )
+            } else if state.policy.as_ref().is_some_and(|p| !p.received()) {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "not ready: waiting for the workload's authorization policy (see /policy)\n{}",
+                        (state.details)()
+                    ),
+                )
             } else if state.ready.load(Ordering::Relaxed) {
                 reply(StatusCode::OK, "text/plain", format!("ready\n{}", (state.details)()))
             } else {
@@ -130,6 +141,14 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
                 )
             }
         }
+        (&Method::GET, "/policy") => match &state.policy {
+            Some(p) => reply(StatusCode::OK, "text/plain", p.describe()),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no policy: start the proxy with --policy-workload and --control-plane\n".into(),
+            ),
+        },
         (&Method::GET, "/identity") => match &state.identity {
             Some(id) => reply(StatusCode::OK, "text/plain", crate::identity::describe(id)),
             None => reply(
@@ -154,7 +173,7 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
             let _ = state.shutdown.send(());
             reply(StatusCode::OK, "text/plain", "shutting down\n".into())
         }
-        (_, "/metrics" | "/live" | "/ready" | "/config" | "/balancers" | "/identity" | "/shutdown") => reply(
+        (_, "/metrics" | "/live" | "/ready" | "/config" | "/balancers" | "/identity" | "/policy" | "/shutdown") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".into(),

@@ -160,6 +160,8 @@ pub struct Metrics {
     pub identity: crate::identity::IdentityMetrics,
     /// TLS handshakes between proxies, by side and result.
     pub tls_handshakes: Family<TlsLabels, Counter>,
+    /// Inbound authorization decisions and policy updates.
+    pub authz: crate::policy::AuthzMetrics,
     /// 1 while connected to the control plane (`--control-plane`), else 0.
     pub control_plane_connected: Gauge,
     /// Times the control-plane connection was lost or could not be made.
@@ -263,6 +265,7 @@ impl Metrics {
             app_serving: Gauge::default(),
             identity: Default::default(),
             tls_handshakes: Family::default(),
+            authz: Default::default(),
             control_plane_disconnects: Counter::default(),
             endpoint_connects: Family::default(),
             endpoint_connect_errors: Family::default(),
@@ -322,6 +325,21 @@ impl Metrics {
             "tls_handshakes",
             "TLS handshakes between proxies: direction (outbound: this proxy connected; inbound: it accepted) and result (ok, or why it failed)",
             m.tls_handshakes.clone(),
+        );
+        r.register(
+            "inbound_authz",
+            "Inbound authorization decisions: server (the policy's, or default), route, decision (allow, deny, audit: allowed but the policy would deny), reason, client_id",
+            m.authz.decisions.clone(),
+        );
+        r.register(
+            "policy_updates",
+            "Authorization policies received from the control plane and applied",
+            m.authz.updates.clone(),
+        );
+        r.register(
+            "policy_rejected",
+            "Authorization policies received that did not compile (the last good one stays in force)",
+            m.authz.rejected.clone(),
         );
         r.register(
             "identity_cert_expiry_unix_seconds",

@@ -274,7 +274,7 @@ impl<D: Dispatch> Down<D> {
 /// decoder checked them).
 fn validate_request(fields: &[Field], well_formed: bool) -> Result<RequestHead<'_>, &'static str> {
     let (mut method, mut scheme, mut path, mut authority, mut host) = (None, None, None, None, None);
-    let (mut content_type, mut grpc_timeout) = (None, None);
+    let (mut content_type, mut grpc_timeout, mut authorization) = (None, None, None);
     let mut regular = false;
     for f in fields {
         let name = &f.name[..];
@@ -304,6 +304,7 @@ fn validate_request(fields: &[Field], well_formed: bool) -> Result<RequestHead<'
         match name {
             b"content-type" => content_type = Some(&f.value[..]),
             b"grpc-timeout" => grpc_timeout = Some(&f.value[..]),
+            b"authorization" => authorization = Some(&f.value[..]),
             b"host" => host = Some(&f.value[..]),
             b"te" if &f.value[..] != b"trailers" => return Err("te other than trailers"),
             n if is_connection_specific(n) => return Err("connection-specific header"),
@@ -324,6 +325,8 @@ fn validate_request(fields: &[Field], well_formed: bool) -> Result<RequestHead<'
         path,
         grpc: content_type.is_some_and(grpc::is_grpc),
         grpc_timeout,
+        method,
+        authorization,
     })
 }
 

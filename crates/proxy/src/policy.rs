@@ -353,3 +353,71 @@ async fn watch_once(control: &str, workload: &str, policy: &Policy) -> Result<()
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(port: u16, identity: Option<&str>) -> Ask<'_> {
+        Ask {
+            port,
+            client: "192.0.2.1".parse().unwrap(),
+            identity,
+            route: Some(("/square.Square/Square", "POST")),
+            authorization: None,
+        }
+    }
+
+    #[test]
+    fn before_its_first_policy_a_port_that_requires_mtls_denies_and_others_follow_the_default() {
+        let required: MtlsRequired = "50051".parse().unwrap();
+        let p = Policy::new(DefaultPolicy::AllUnauthenticated, required, None, AuthzMetrics::default());
+        let id = Some("client.default.serviceaccount.identity.cluster.local");
+        let d = p.check(&ask(50051, id)).unwrap_err();
+        assert_eq!(d.reason, "no policy yet");
+        assert!(p.check(&ask(8080, None)).is_ok(), "the default elsewhere");
+        assert!(p.describe().contains("none received yet"));
+        // Once a policy arrives, it decides.
+        let resolved = weft_policy::Resolved::resolve(
+            "square",
+            None,
+            &weft_policy::MeshPolicy::default(),
+            |_, _| Err(String::new()),
+        )
+        .unwrap();
+        let msg = pb::WorkloadPolicy {
+            workload: "square".into(),
+            json: serde_json::to_string(&resolved).unwrap(),
+            version: 7,
+        };
+        p.install(&msg).unwrap();
+        assert!(p.received());
+        assert!(p.check(&ask(50051, id)).is_ok());
+        // A policy that does not parse is refused; the last one stays.
+        let bad = pb::WorkloadPolicy {
+            json: "{\"servers\": 5}".into(),
+            ..msg
+        };
+        assert!(p.install(&bad).is_err());
+        assert!(p.check(&ask(50051, id)).is_ok());
+        let m = &p.metrics;
+        let deny = AuthzLabels {
+            server: Label(Arc::from("default")),
+            route: Label(Arc::from("/square.Square/Square")),
+            decision: "deny",
+            reason: "no_policy",
+            client_id: Label(Arc::from("client.default.serviceaccount.identity.cluster.local")),
+        };
+        assert_eq!(m.decisions.get_or_create(&deny).get(), 1);
+    }
+
+    #[test]
+    fn label_values_are_capped() {
+        let cap = Cap::default();
+        for i in 0..MAX_LABEL_VALUES {
+            assert_eq!(&*cap.label(&format!("/r{i}")).0, format!("/r{i}"));
+        }
+        assert_eq!(&*cap.label("/one-too-many").0, "other");
+        assert_eq!(&*cap.label("/r3").0, "/r3");
+    }
+}

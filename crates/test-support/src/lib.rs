@@ -4,6 +4,7 @@
 
 pub mod h2raw;
 pub mod http1;
+pub mod ids;
 pub mod mesh;
 pub mod process;
 pub mod raw;
@@ -21,6 +22,7 @@ use tokio::{
     net::TcpStream,
 };
 
+pub use ids::MeshIds;
 pub use mesh::{DiscoveryFile, TestProxy};
 pub use relay::{Relay, contains};
 

@@ -17,62 +17,7 @@ const SVC: &str = "square.test:50051";
 const SQUARE_ID: &str = "square.default.serviceaccount.identity.cluster.local";
 const CLIENT_ID: &str = "client.default.serviceaccount.identity.cluster.local";
 
-/// A CA directory, tokens for `square` and `client`, their token files.
-struct Ids {
-    dir: tempfile::TempDir,
-}
-
-impl Ids {
-    fn new() -> Ids {
-        let dir = tempfile::tempdir().unwrap();
-        let mut tokens = weft_identity::Tokens::default();
-        for sa in ["square", "client"] {
-            let token = weft_identity::new_token();
-            tokens.0.insert(
-                token.clone(),
-                weft_identity::TokenIdentity {
-                    namespace: "default".into(),
-                    service_account: sa.into(),
-                },
-            );
-            std::fs::write(dir.path().join(format!("{sa}.token")), &token).unwrap();
-        }
-        tokens.write(&dir.path().join("tokens.yaml")).unwrap();
-        Ids { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-
-    async fn control_plane(&self, disc: &DiscoveryFile) -> ControlPlane {
-        ControlPlane::start_with(
-            &disc.path,
-            &[
-                "--identity-dir",
-                &self.path("ca"),
-                "--identity-tokens",
-                &self.path("tokens.yaml"),
-            ],
-        )
-        .await
-    }
-
-    /// A proxy with this identity, asking `cp`.
-    async fn proxy(&self, cp: &ControlPlane, sa: &str, extra: &[&str]) -> TestProxy {
-        let token = self.path(&format!("{sa}.token"));
-        let cp = cp.addr.to_string();
-        let mut args = vec!["--control-plane", cp.as_str(), "--identity-token-file", token.as_str()];
-        args.extend_from_slice(extra);
-        let p = TestProxy::start(&args).await;
-        eventually("a certificate", Duration::from_secs(10), || async {
-            let page = weft_test_support::http_get(p.admin, "/identity").await.ok()?.1;
-            page.contains("identity: spiffe://").then_some(())
-        })
-        .await;
-        p
-    }
-}
+use weft_test_support::MeshIds as Ids;
 
 /// The server side: an app named `name`, the CA and weft-control, and the
 /// app's inbound proxy certified as `square`.

@@ -27,6 +27,9 @@ pub enum Kind {
     Weft {
         hops: u8,
         mtls: bool,
+        /// With mTLS: the inbound proxies enforce an authorization policy
+        /// (the caller's identity and gRPC method, among 1,000 authorizations).
+        authz: bool,
     },
     HAProxy {
         balance: &'static str,
@@ -55,15 +58,32 @@ impl Kind {
     fn parse_base(name: &str) -> anyhow::Result<Kind> {
         Ok(match name {
             "direct" => Kind::Direct,
-            "weft-1hop" => Kind::Weft { hops: 1, mtls: false },
-            "weft-2hop" => Kind::Weft { hops: 2, mtls: false },
-            "weft-2hop-mtls" => Kind::Weft { hops: 2, mtls: true },
+            "weft-1hop" => Kind::Weft {
+                hops: 1,
+                mtls: false,
+                authz: false,
+            },
+            "weft-2hop" => Kind::Weft {
+                hops: 2,
+                mtls: false,
+                authz: false,
+            },
+            "weft-2hop-mtls" => Kind::Weft {
+                hops: 2,
+                mtls: true,
+                authz: false,
+            },
+            "weft-2hop-mtls-authz" => Kind::Weft {
+                hops: 2,
+                mtls: true,
+                authz: true,
+            },
             "haproxy-rr" => Kind::HAProxy { balance: "roundrobin" },
             "haproxy-lc" => Kind::HAProxy { balance: "leastconn" },
             "haproxy-2hop-tls" => Kind::HAProxyTls,
             "nginx" => Kind::Nginx,
             other => bail!(
-                "unknown target `{other}` (direct, weft-1hop, weft-2hop, weft-2hop-mtls, haproxy-rr, haproxy-lc, haproxy-2hop-tls, nginx)"
+                "unknown target `{other}` (direct, weft-1hop, weft-2hop, weft-2hop-mtls, weft-2hop-mtls-authz, haproxy-rr, haproxy-lc, haproxy-2hop-tls, nginx)"
             ),
         })
     }
@@ -313,7 +333,11 @@ impl Target {
                 self.port = replicas.ports[0];
                 Ok(())
             }
-            Kind::Weft { hops: 2, mtls: true } => self.launch_weft_mtls(replicas, bins),
+            Kind::Weft {
+                hops: 2,
+                mtls: true,
+                authz,
+            } => self.launch_weft_mtls(replicas, bins, authz),
             Kind::Weft { hops, .. } => self.launch_weft(hops, replicas, bins),
             Kind::HAProxyTls => self.launch_haproxy_tls(replicas),
             Kind::HAProxy { balance } => {
@@ -386,7 +410,7 @@ impl Target {
     /// identity), an inbound proxy per replica certified as `square`, the
     /// outbound certified as `client`. Returns once every proxy is ready
     /// (certified).
-    fn launch_weft_mtls(&mut self, replicas: &Replicas, bins: &Bins) -> anyhow::Result<()> {
+    fn launch_weft_mtls(&mut self, replicas: &Replicas, bins: &Bins, authz: bool) -> anyhow::Result<()> {
         let dir = self.tmp.join(format!("{}-identity", self.name));
         std::fs::create_dir_all(&dir)?;
         let mut tokens = weft_identity::Tokens::default();
@@ -415,6 +439,9 @@ impl Target {
                 square.dns()
             ));
         }
+        if authz {
+            yaml.push_str(&bench_policy());
+        }
         let mesh = dir.join("mesh.yaml");
         std::fs::write(&mesh, yaml)?;
         let (cp, cp_admin) = (procs::free_port()?, procs::free_port()?);
@@ -440,7 +467,15 @@ impl Target {
         let token = |sa: &str| dir.join(format!("{sa}.token")).display().to_string();
         let mut admins = Vec::new();
         let square_token = token("square");
-        let identity = ["--control-plane", &cp, "--identity-token-file", &square_token];
+        let mut identity = vec![
+            "--control-plane",
+            cp.as_str(),
+            "--identity-token-file",
+            square_token.as_str(),
+        ];
+        if authz {
+            identity.extend(["--policy-workload", "square", "--inbound-policy-port", "50051"]);
+        }
         for (p, inbound) in replicas.ports.iter().zip(&inbound) {
             admins.push(self.spawn_inbound(bins, *inbound, *p, &identity)?);
         }
@@ -709,6 +744,23 @@ fn nginx_config(port: u16, dir: &Path, endpoints: &[(String, String)]) -> String
     )
 }
 
+/// The policy of `weft-2hop-mtls-authz`: the server's port names 1,000
+/// authorizations (an identity and a method each; the client's is one of
+/// them), and the default denies the rest.
+fn bench_policy() -> String {
+    let mut y = String::from(
+        "policies:\n  square:\n    default: deny\n    servers:\n      grpc:\n        port: 50051\n        authorizations:\n",
+    );
+    for i in 0..999 {
+        y.push_str(&format!(
+            "          team-{i}: {{identities: [\"svc-{i}.default.serviceaccount.identity.cluster.local\"], routes: [{{grpc: \"pkg.Service{}/Method\"}}]}}\n",
+            i % 50
+        ));
+    }
+    y.push_str("          client: {identities: [client.default.serviceaccount.identity.cluster.local], routes: [{grpc: square.Square/Square}]}\n");
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -745,11 +797,34 @@ mod tests {
         assert!(Kind::parse("envoy").is_err());
         assert_eq!(
             Kind::parse("weft-2hop@before").unwrap(),
-            Kind::Weft { hops: 2, mtls: false }
+            Kind::Weft {
+                hops: 2,
+                mtls: false,
+                authz: false
+            }
         );
         assert_eq!(
-            Kind::parse("weft-2hop-mtls").unwrap(),
-            Kind::Weft { hops: 2, mtls: true }
+            Kind::parse("weft-2hop-mtls-authz").unwrap(),
+            Kind::Weft {
+                hops: 2,
+                mtls: true,
+                authz: true
+            }
+        );
+        let policy: weft_mesh::MeshFile = serde_yaml::from_str(&bench_policy()).unwrap();
+        assert_eq!(
+            policy
+                .policies
+                .values()
+                .next()
+                .unwrap()
+                .servers
+                .values()
+                .next()
+                .unwrap()
+                .authorizations
+                .len(),
+            1000
         );
         assert!(Kind::parse("nginx@before").is_err());
     }

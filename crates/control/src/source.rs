@@ -38,15 +38,16 @@ impl Policies {
         let mesh = file.policy.clone().unwrap_or_default();
         let mut workloads = BTreeMap::new();
         for (name, p) in file.workload_policies() {
-            let resolved = weft_policy::Resolved::resolve(name.as_str(), Some(&p), &mesh, |_, provider| {
-                match &provider.jwks_url {
-                    Some(url) => Err(format!(
-                        "jwks_url {url}: fetching keys by URL is not built yet; put the JWKS in a file (jwks_file)"
-                    )),
-                    None => weft_policy::spec::read_jwks_file(base, provider),
-                }
-            })
-            .map_err(|e| e.to_string())?;
+            let resolved =
+                weft_policy::Resolved::resolve(name.as_str(), Some(&p), &mesh, |_, provider| {
+                    match &provider.jwks_url {
+                        Some(url) => Err(format!(
+                            "jwks_url {url}: fetching keys by URL is not built yet; put the JWKS in a file (jwks_file)"
+                        )),
+                        None => weft_policy::spec::read_jwks_file(base, provider),
+                    }
+                })
+                .map_err(|e| e.to_string())?;
             workloads.insert(name.as_str().to_string(), Arc::new(resolved));
         }
         Ok(Policies { mesh, workloads })
@@ -210,8 +211,9 @@ impl FileSource {
                 }
                 match MeshFile::parse(&watched, &text)
                     .map_err(|e| e.to_string())
-                    .and_then(|file| Mesh::from_file_at(&file, &base).map_err(|e| format!("{}: {e}", watched.display())))
-                {
+                    .and_then(|file| {
+                        Mesh::from_file_at(&file, &base).map_err(|e| format!("{}: {e}", watched.display()))
+                    }) {
                     Ok(next) => {
                         tracing::info!(
                             path = %watched.display(),

@@ -196,11 +196,19 @@ fn policies_parse_check_and_read_back_the_same_from_what_weft_up_writes() {
 #[test]
 fn a_policy_mistake_is_refused_naming_its_field() {
     let e = err(&POLICY.replace("provider: corp", "provider: okta"));
-    assert!(e.contains("workloads.square.policy.servers.grpc.authorizations.people.jwt[0].provider: `okta` is not a provider"), "{e}");
+    assert!(
+        e.contains(
+            "workloads.square.policy.servers.grpc.authorizations.people.jwt[0].provider: `okta` is not a provider"
+        ),
+        "{e}"
+    );
     let e = err(&POLICY.replace("mode: audit", "mode: loud"));
     assert!(e.contains("unknown variant `loud`") && e.contains("line "), "{e}");
     let e = err(&format!("{POLICY}  square: {{}}\n"));
-    assert!(e.contains("policies.square: workload `square` has a policy of its own already"), "{e}");
+    assert!(
+        e.contains("policies.square: workload `square` has a policy of its own already"),
+        "{e}"
+    );
     let e = err(&POLICY.replace("audiences: [square]", "audiences: []"));
     assert!(e.contains("policy.jwt.corp.audiences"), "{e}");
 }

@@ -21,7 +21,9 @@ fn policy(n: usize) -> Resolved {
         auths.insert(
             Name::parse(&format!("client-{i}")).unwrap(),
             Authorization {
-                identities: vec![IdentityMatch::parse(&format!("client-{i}.default.serviceaccount.identity.cluster.local")).unwrap()],
+                identities: vec![
+                    IdentityMatch::parse(&format!("client-{i}.default.serviceaccount.identity.cluster.local")).unwrap(),
+                ],
                 routes: vec![RouteMatch {
                     grpc: Some(format!("pkg.Service{}/Method", i % 50)),
                     ..Default::default()
@@ -34,7 +36,9 @@ fn policy(n: usize) -> Resolved {
         auths.insert(
             Name::parse(&format!("ns-{i}")).unwrap(),
             Authorization {
-                identities: vec![IdentityMatch::parse(&format!("*.ns{i}.serviceaccount.identity.cluster.local")).unwrap()],
+                identities: vec![
+                    IdentityMatch::parse(&format!("*.ns{i}.serviceaccount.identity.cluster.local")).unwrap(),
+                ],
                 ..Default::default()
             },
         );
@@ -96,10 +100,18 @@ fn bench(c: &mut Criterion) {
     };
     assert_eq!(authz.check(&network).verdict, Verdict::Allow);
     let mut g = c.benchmark_group("authorize_1000");
-    g.bench_function("exact_identity_allowed", |b| b.iter(|| black_box(authz.check(black_box(&exact))).verdict));
-    g.bench_function("suffix_identity_allowed", |b| b.iter(|| black_box(authz.check(black_box(&suffix))).verdict));
-    g.bench_function("unknown_identity_denied", |b| b.iter(|| black_box(authz.check(black_box(&denied))).verdict));
-    g.bench_function("network_allowed", |b| b.iter(|| black_box(authz.check(black_box(&network))).verdict));
+    g.bench_function("exact_identity_allowed", |b| {
+        b.iter(|| black_box(authz.check(black_box(&exact))).verdict)
+    });
+    g.bench_function("suffix_identity_allowed", |b| {
+        b.iter(|| black_box(authz.check(black_box(&suffix))).verdict)
+    });
+    g.bench_function("unknown_identity_denied", |b| {
+        b.iter(|| black_box(authz.check(black_box(&denied))).verdict)
+    });
+    g.bench_function("network_allowed", |b| {
+        b.iter(|| black_box(authz.check(black_box(&network))).verdict)
+    });
     g.finish();
 }
 

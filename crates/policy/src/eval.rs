@@ -307,12 +307,12 @@ impl Authorizer {
         };
         fn allowed<'p>(server: &'p Server, a: &'p Auth, jwt: Option<(&'p str, Caller)>) -> Decision<'p> {
             Decision {
-            verdict: Verdict::Allow,
-            reason: Reason::Authorized,
-            server: &server.name,
-            authorization: &a.name,
-            jwt,
-            token_error: None,
+                verdict: Verdict::Allow,
+                reason: Reason::Authorized,
+                server: &server.name,
+                authorization: &a.name,
+                jwt,
+                token_error: None,
             }
         }
         // Mesh identities: exact, then each suffix, then `*`.

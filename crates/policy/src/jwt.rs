@@ -184,10 +184,9 @@ impl Verifier {
         let groups = match claims.get(&self.groups_claim) {
             None => Vec::new(),
             Some(serde_json::Value::String(g)) => vec![g.clone()],
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .filter_map(|g| g.as_str().map(str::to_string))
-                .collect(),
+            Some(serde_json::Value::Array(list)) => {
+                list.iter().filter_map(|g| g.as_str().map(str::to_string)).collect()
+            }
             Some(_) => return Err(TokenError::Claims),
         };
         Ok(Caller { subject, groups })

@@ -82,10 +82,17 @@ pub struct MeshPolicy {
 
 /// The networks `cluster-authenticated` trusts when none are given.
 pub fn default_cluster_networks() -> Vec<IpNet> {
-    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "fd00::/8", "::1/128"]
-        .iter()
-        .map(|s| s.parse().expect("a literal network"))
-        .collect()
+    [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "fd00::/8",
+        "::1/128",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("a literal network"))
+    .collect()
 }
 
 /// An OIDC provider (or any JWT issuer) whose tokens identify callers from
@@ -406,7 +413,10 @@ impl IdentityMatch {
         let ok = !name.is_empty()
             && name.len() <= 253
             && name.split('.').all(|l| {
-                !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             });
         if !ok {
             return Err(format!(
@@ -566,11 +576,7 @@ impl RouteMatch {
             return Err(err(field, "give exactly one of grpc, path and path_prefix"));
         }
         if let Some(g) = &self.grpc {
-            let ok = |s: &str| {
-                !s.is_empty()
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
-            };
+            let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_');
             let valid = match g.split_once('/') {
                 Some((svc, m)) => ok(svc) && ok(m) && !m.contains('.'),
                 None => ok(g),
@@ -582,7 +588,10 @@ impl RouteMatch {
                 ));
             }
             if self.method.is_some() {
-                return Err(err(format!("{field}.method"), "gRPC calls are all POST: leave method out"));
+                return Err(err(
+                    format!("{field}.method"),
+                    "gRPC calls are all POST: leave method out",
+                ));
             }
         }
         for p in [&self.path, &self.path_prefix].into_iter().flatten() {
@@ -593,7 +602,10 @@ impl RouteMatch {
         if let Some(m) = &self.method
             && (m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()))
         {
-            return Err(err(format!("{field}.method"), format!("`{m}` is not an HTTP method (GET, POST, ...)")));
+            return Err(err(
+                format!("{field}.method"),
+                format!("`{m}` is not an HTTP method (GET, POST, ...)"),
+            ));
         }
         Ok(())
     }

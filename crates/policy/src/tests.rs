@@ -55,17 +55,38 @@ servers:
 #[test]
 fn an_identity_is_allowed_by_exact_name_suffix_or_spiffe_id_and_others_are_denied() {
     let a = compile("", SQUARE, "");
-    assert_eq!(verdict(a.check(&req(Some(CLIENT), "/square.Square/Square"))), (Verdict::Allow, Reason::Authorized));
-    assert_eq!(a.check(&req(Some(CLIENT), "/square.Square/Square")).authorization, "clients");
-    assert_eq!(verdict(a.check(&req(Some(PAYMENTS), "/any.Thing/Else"))), (Verdict::Allow, Reason::Authorized));
+    assert_eq!(
+        verdict(a.check(&req(Some(CLIENT), "/square.Square/Square"))),
+        (Verdict::Allow, Reason::Authorized)
+    );
+    assert_eq!(
+        a.check(&req(Some(CLIENT), "/square.Square/Square")).authorization,
+        "clients"
+    );
+    assert_eq!(
+        verdict(a.check(&req(Some(PAYMENTS), "/any.Thing/Else"))),
+        (Verdict::Allow, Reason::Authorized)
+    );
     // A suffix matches at a label boundary only.
     let lookalike = "billing.notpayments.serviceaccount.identity.cluster.local";
-    assert_eq!(verdict(a.check(&req(Some(lookalike), "/square.Square/Square"))), (Verdict::Deny, Reason::Unauthorized));
-    assert_eq!(verdict(a.check(&req(Some(OTHER), "/square.Square/Square"))), (Verdict::Deny, Reason::Unauthorized));
+    assert_eq!(
+        verdict(a.check(&req(Some(lookalike), "/square.Square/Square"))),
+        (Verdict::Deny, Reason::Unauthorized)
+    );
+    assert_eq!(
+        verdict(a.check(&req(Some(OTHER), "/square.Square/Square"))),
+        (Verdict::Deny, Reason::Unauthorized)
+    );
     let admin = "admin.ops.serviceaccount.identity.cluster.local";
-    assert_eq!(verdict(a.check(&req(Some(admin), "/square.SquareControl/SetDelay"))), (Verdict::Allow, Reason::Authorized));
+    assert_eq!(
+        verdict(a.check(&req(Some(admin), "/square.SquareControl/SetDelay"))),
+        (Verdict::Allow, Reason::Authorized)
+    );
     // No identity at all.
-    assert_eq!(verdict(a.check(&req(None, "/square.Square/Square"))), (Verdict::Deny, Reason::Unauthenticated));
+    assert_eq!(
+        verdict(a.check(&req(None, "/square.Square/Square"))),
+        (Verdict::Deny, Reason::Unauthenticated)
+    );
 }
 
 #[test]
@@ -93,15 +114,28 @@ fn the_defaults_decide_ports_no_server_covers() {
     };
     let with = |default: &str| compile("", &format!("default: {default}\n"), "");
     let a = with("all-authenticated");
-    assert_eq!(verdict(a.check(&other_port(None, "10.0.0.1"))), (Verdict::Deny, Reason::Unauthenticated));
-    assert_eq!(verdict(a.check(&other_port(Some(CLIENT), "10.0.0.1"))), (Verdict::Allow, Reason::Default));
+    assert_eq!(
+        verdict(a.check(&other_port(None, "10.0.0.1"))),
+        (Verdict::Deny, Reason::Unauthenticated)
+    );
+    assert_eq!(
+        verdict(a.check(&other_port(Some(CLIENT), "10.0.0.1"))),
+        (Verdict::Allow, Reason::Default)
+    );
     let a = with("cluster-authenticated");
     assert!(a.check(&other_port(None, "10.1.2.3")).allowed());
     assert!(!a.check(&other_port(None, "203.0.113.9")).allowed());
     assert!(a.check(&other_port(Some(CLIENT), "203.0.113.9")).allowed());
     assert!(!with("deny").check(&other_port(Some(CLIENT), "10.0.0.1")).allowed());
-    assert!(with("all-unauthenticated").check(&other_port(None, "203.0.113.9")).allowed());
-    assert_eq!(with("audit").check(&other_port(None, "203.0.113.9")).verdict, Verdict::Audit);
+    assert!(
+        with("all-unauthenticated")
+            .check(&other_port(None, "203.0.113.9"))
+            .allowed()
+    );
+    assert_eq!(
+        with("audit").check(&other_port(None, "203.0.113.9")).verdict,
+        Verdict::Audit
+    );
     // The mesh's default when the workload names none; the workload's wins.
     let a = compile("default: deny\n", "{}", "");
     assert!(!a.check(&other_port(Some(CLIENT), "10.0.0.1")).allowed());
@@ -141,7 +175,14 @@ servers:
     assert!(!a.check(&at("192.0.2.9", None)).allowed());
     assert!(!a.check(&at("198.51.100.1", Some(OTHER))).allowed());
     // The range is the server's; outside it the default applies.
-    assert_eq!(a.check(&Request { port: 50101, ..at("198.51.100.1", None) }).server, "default");
+    assert_eq!(
+        a.check(&Request {
+            port: 50101,
+            ..at("198.51.100.1", None)
+        })
+        .server,
+        "default"
+    );
 }
 
 #[test]
@@ -158,7 +199,10 @@ servers:
 "#,
         "",
     );
-    assert_eq!(verdict(a.check(&req(Some(CLIENT), "/a.B/C"))), (Verdict::Allow, Reason::Authorized));
+    assert_eq!(
+        verdict(a.check(&req(Some(CLIENT), "/a.B/C"))),
+        (Verdict::Allow, Reason::Authorized)
+    );
     let d = a.check(&req(Some(OTHER), "/a.B/C"));
     assert_eq!(verdict(d.clone()), (Verdict::Audit, Reason::Unauthorized));
     assert!(d.allowed());
@@ -203,19 +247,34 @@ fn a_valid_jwt_names_a_caller_that_authorizations_allow() {
     let alice = issuer.token(&TestIssuer::claims("https://id.example.com", "square", "alice"));
     let d = a.check(&with_token(&alice, "/square.Square/Square"));
     assert_eq!(verdict(d.clone()), (Verdict::Allow, Reason::Authorized));
-    assert_eq!(d.jwt.as_ref().map(|(p, c)| (*p, c.subject.as_str())), Some(("corp", "alice")));
+    assert_eq!(
+        d.jwt.as_ref().map(|(p, c)| (*p, c.subject.as_str())),
+        Some(("corp", "alice"))
+    );
     // Bob is not named, unless by a group, and then for that route only.
     let bob = issuer.token(&TestIssuer::claims("https://id.example.com", "square", "bob"));
-    assert_eq!(verdict(a.check(&with_token(&bob, "/square.Square/Square"))), (Verdict::Deny, Reason::Unauthorized));
+    assert_eq!(
+        verdict(a.check(&with_token(&bob, "/square.Square/Square"))),
+        (Verdict::Deny, Reason::Unauthorized)
+    );
     let mut claims = TestIssuer::claims("https://id.example.com", "square", "bob");
     claims["groups"] = serde_json::json!(["square-admins"]);
     let bob_admin = issuer.token(&claims);
-    assert!(a.check(&with_token(&bob_admin, "/square.SquareControl/Reset")).allowed());
-    assert_eq!(verdict(a.check(&with_token(&bob_admin, "/square.Square/Square"))), (Verdict::Deny, Reason::Route));
+    assert!(
+        a.check(&with_token(&bob_admin, "/square.SquareControl/Reset"))
+            .allowed()
+    );
+    assert_eq!(
+        verdict(a.check(&with_token(&bob_admin, "/square.Square/Square"))),
+        (Verdict::Deny, Reason::Route)
+    );
     // An audience list in the token: one of them is enough.
     let mut claims = TestIssuer::claims("https://id.example.com", "square", "alice");
     claims["aud"] = serde_json::json!(["other", "square"]);
-    assert!(a.check(&with_token(&issuer.token(&claims), "/square.Square/Square")).allowed());
+    assert!(
+        a.check(&with_token(&issuer.token(&claims), "/square.Square/Square"))
+            .allowed()
+    );
 }
 
 #[test]
@@ -249,7 +308,10 @@ fn expired_misissued_misaddressed_forged_and_unsigned_tokens_are_refused() {
     // `exp` as a string (CVE-2026-25537's type confusion) is no free pass.
     let mut stringly = good.clone();
     stringly["exp"] = serde_json::json!("99999999999");
-    assert!(!a.check(&with_token(&issuer.token(&stringly), "/square.Square/Square")).allowed());
+    assert!(
+        !a.check(&with_token(&issuer.token(&stringly), "/square.Square/Square"))
+            .allowed()
+    );
     assert_eq!(refused("not.a.token"), TokenError::Malformed);
     // And a token that names no subject.
     let mut nobody = good;
@@ -267,23 +329,40 @@ fn a_policy_that_does_not_hold_together_is_refused_with_its_field() {
         }
     };
     assert!(
-        bad("servers: {a: {port: 1-10}, b: {port: 5}}").contains("workloads.square.policy.servers.b.port: 5 overlaps server `a`"),
+        bad("servers: {a: {port: 1-10}, b: {port: 5}}")
+            .contains("workloads.square.policy.servers.b.port: 5 overlaps server `a`"),
     );
     assert!(bad("servers: {a: {port: 1, authorizations: {x: {}}}}").contains("names no clients"));
-    assert!(bad("servers: {a: {port: 1, authorizations: {x: {jwt: [{provider: okta}]}}}}").contains("`okta` is not a provider"));
-    assert!(bad("servers: {a: {port: 1, authorizations: {x: {identities: [\"Not An Id\"]}}}}").contains("is not an identity"));
-    assert!(bad("servers: {a: {port: 1, authorizations: {x: {unauthenticated: true, routes: [{grpc: \"a b\"}]}}}}").contains("is not a gRPC service"));
+    assert!(
+        bad("servers: {a: {port: 1, authorizations: {x: {jwt: [{provider: okta}]}}}}")
+            .contains("`okta` is not a provider")
+    );
+    assert!(
+        bad("servers: {a: {port: 1, authorizations: {x: {identities: [\"Not An Id\"]}}}}")
+            .contains("is not an identity")
+    );
+    assert!(
+        bad("servers: {a: {port: 1, authorizations: {x: {unauthenticated: true, routes: [{grpc: \"a b\"}]}}}}")
+            .contains("is not a gRPC service")
+    );
     assert!(bad("servers: {a: {port: 1, protocol: opaque, authorizations: {x: {unauthenticated: true, routes: [{path: /}]}}}}").contains("opaque server has no routes"));
     assert!(bad("servers: {a: {port: 70000}}").contains("is not a port"));
     assert!(bad("default: allow-all").contains("unknown variant"));
-    assert!(bad("servers: {a: {port: 1, authorizations: {x: {unauthenticated: true, identities: [\"*\"]}}}}").contains("choose"));
-    let m = serde_yaml::from_str::<MeshPolicy>("jwt: {corp: {issuer: x, audiences: [a], jwks_file: j, algorithms: [HS256]}}")
-        .unwrap_err()
-        .to_string();
+    assert!(
+        bad("servers: {a: {port: 1, authorizations: {x: {unauthenticated: true, identities: [\"*\"]}}}}")
+            .contains("choose")
+    );
+    let m = serde_yaml::from_str::<MeshPolicy>(
+        "jwt: {corp: {issuer: x, audiences: [a], jwks_file: j, algorithms: [HS256]}}",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(m.contains("`HS256` is refused"), "{m}");
-    let m = serde_yaml::from_str::<MeshPolicy>("jwt: {corp: {issuer: x, audiences: [a], jwks_file: j, algorithms: [none]}}")
-        .unwrap_err()
-        .to_string();
+    let m = serde_yaml::from_str::<MeshPolicy>(
+        "jwt: {corp: {issuer: x, audiences: [a], jwks_file: j, algorithms: [none]}}",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(m.contains("`none` is refused"), "{m}");
     let m: MeshPolicy = serde_yaml::from_str("jwt: {corp: {issuer: x, audiences: [], jwks_file: j}}").unwrap();
     assert!(m.check().unwrap_err().to_string().contains("at least one audience"));

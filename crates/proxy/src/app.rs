@@ -114,9 +114,15 @@ impl Proxy {
             _ => None,
         };
         let policy = listeners.inbound.as_ref().map(|_| {
+            // Fail closed only where a policy is awaited.
+            let fail_closed = if config.policy_workload.is_some() {
+                config.inbound_mtls_required.clone()
+            } else {
+                Default::default()
+            };
             let p = crate::policy::Policy::new(
                 config.inbound_default_policy,
-                config.inbound_mtls_required.clone(),
+                fail_closed,
                 config.inbound_policy_port,
                 metrics.authz.clone(),
             );
@@ -146,7 +152,14 @@ impl Proxy {
             let side = Side::Outbound(Outbound {
                 router: outbound.clone(),
             });
-            let ctx = Arc::new(ServerCtx::new(side, outbound.clone(), metrics.clone(), &config, None, None));
+            let ctx = Arc::new(ServerCtx::new(
+                side,
+                outbound.clone(),
+                metrics.clone(),
+                &config,
+                None,
+                None,
+            ));
             tokio::spawn(server::serve(l, ctx, drain_watch.clone()));
         }
         if let Some(l) = listeners.inbound {

@@ -87,7 +87,12 @@ pub struct Config {
     /// denied gRPC call gets PERMISSION_DENIED, HTTP 403, TCP is closed.
     /// Each change applies at once. `/policy` on the admin port shows it.
     /// Needs --control-plane.
-    #[arg(long, env = "WEFT_POLICY_WORKLOAD", value_name = "WORKLOAD", requires = "control_plane")]
+    #[arg(
+        long,
+        env = "WEFT_POLICY_WORKLOAD",
+        value_name = "WORKLOAD",
+        requires = "control_plane"
+    )]
     pub policy_workload: Option<String>,
 
     /// What the inbound side allows before a policy arrives, or with no
@@ -95,7 +100,12 @@ pub struct Config {
     /// identity), cluster-authenticated (that, or a private address),
     /// deny, audit (allow, counting what is not authenticated). Ports in
     /// --inbound-mtls-required deny until the first policy (fail closed).
-    #[arg(long, env = "WEFT_INBOUND_DEFAULT_POLICY", value_name = "POLICY", default_value = "all-unauthenticated")]
+    #[arg(
+        long,
+        env = "WEFT_INBOUND_DEFAULT_POLICY",
+        value_name = "POLICY",
+        default_value = "all-unauthenticated"
+    )]
     pub inbound_default_policy: weft_policy::DefaultPolicy,
 
     /// The port the workload's policy names for the app (its server's

@@ -144,6 +144,22 @@ pub struct ConnMeta {
 /// a client cannot claim an identity it did not prove.
 pub const CLIENT_ID_HEADER: &str = "l5d-client-id";
 
+/// A shared metric label value (an `Arc<str>`, cheap to clone per request).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Label(pub Arc<str>);
+
+impl prometheus_client::encoding::EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Locks a mutex, recovering the data if another thread panicked holding it:
 /// metrics and balancer state stay usable rather than poisoning the proxy.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

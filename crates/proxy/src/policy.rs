@@ -29,9 +29,8 @@ use weft_policy::{Authorizer, DefaultPolicy, Reason, Verdict};
 
 use crate::{
     config::MtlsRequired,
-    core::lock,
+    core::{Label, lock},
     grpc_client::{self, CallEnd},
-    telemetry::metrics::Label,
 };
 
 /// The most distinct values of the `route` and `client_id` labels; the
@@ -135,7 +134,12 @@ pub struct Denied {
 }
 
 impl Policy {
-    pub fn new(default: DefaultPolicy, fail_closed: MtlsRequired, server_port: Option<u16>, metrics: AuthzMetrics) -> Arc<Policy> {
+    pub fn new(
+        default: DefaultPolicy,
+        fail_closed: MtlsRequired,
+        server_port: Option<u16>,
+        metrics: AuthzMetrics,
+    ) -> Arc<Policy> {
         Arc::new(Policy {
             current: RwLock::new(Arc::new(Authorizer::fallback(default))),
             received: AtomicBool::new(false),
@@ -156,9 +160,18 @@ impl Policy {
     /// and (within a budget) logged when denied or audited.
     pub fn check(&self, ask: &Ask<'_>) -> Result<(), Denied> {
         let authz = self.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let route_label = ask.route.map(|(p, _)| p.split_once('?').map_or(p, |(p, _)| p)).unwrap_or("");
+        let route_label = ask
+            .route
+            .map(|(p, _)| p.split_once('?').map_or(p, |(p, _)| p))
+            .unwrap_or("");
         if !self.received.load(Ordering::Acquire) && self.fail_closed.covers(Some(ask.port)) {
-            self.count("default", route_label, Verdict::Deny, "no_policy", ask.identity.unwrap_or(""));
+            self.count(
+                "default",
+                route_label,
+                Verdict::Deny,
+                "no_policy",
+                ask.identity.unwrap_or(""),
+            );
             self.log(ask, "deny", "no_policy", "default");
             return Err(Denied {
                 server: Arc::from("default"),
@@ -185,7 +198,13 @@ impl Policy {
             (None, Some(id)) => id,
             (None, None) => "",
         };
-        self.count(decision.server, route_label, decision.verdict, decision.reason.as_str(), client);
+        self.count(
+            decision.server,
+            route_label,
+            decision.verdict,
+            decision.reason.as_str(),
+            client,
+        );
         match decision.verdict {
             Verdict::Allow => Ok(()),
             Verdict::Audit => {
@@ -343,7 +362,11 @@ async fn watch_once(control: &str, workload: &str, policy: &Policy) -> Result<()
         match policy.install(&msg) {
             Ok(()) => {
                 policy.metrics.updates.inc();
-                tracing::info!(workload, version = format_args!("{:016x}", msg.version), "policy applied");
+                tracing::info!(
+                    workload,
+                    version = format_args!("{:016x}", msg.version),
+                    "policy applied"
+                );
             }
             Err(e) => {
                 policy.metrics.rejected.inc();
@@ -371,19 +394,21 @@ mod tests {
     #[test]
     fn before_its_first_policy_a_port_that_requires_mtls_denies_and_others_follow_the_default() {
         let required: MtlsRequired = "50051".parse().unwrap();
-        let p = Policy::new(DefaultPolicy::AllUnauthenticated, required, None, AuthzMetrics::default());
+        let p = Policy::new(
+            DefaultPolicy::AllUnauthenticated,
+            required,
+            None,
+            AuthzMetrics::default(),
+        );
         let id = Some("client.default.serviceaccount.identity.cluster.local");
         let d = p.check(&ask(50051, id)).unwrap_err();
         assert_eq!(d.reason, "no policy yet");
         assert!(p.check(&ask(8080, None)).is_ok(), "the default elsewhere");
         assert!(p.describe().contains("none received yet"));
         // Once a policy arrives, it decides.
-        let resolved = weft_policy::Resolved::resolve(
-            "square",
-            None,
-            &weft_policy::MeshPolicy::default(),
-            |_, _| Err(String::new()),
-        )
+        let resolved = weft_policy::Resolved::resolve("square", None, &weft_policy::MeshPolicy::default(), |_, _| {
+            Err(String::new())
+        })
         .unwrap();
         let msg = pb::WorkloadPolicy {
             workload: "square".into(),

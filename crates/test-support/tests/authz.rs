@@ -10,7 +10,7 @@ use weft_api::square::{Behavior, Input, square_client::SquareClient};
 use weft_demo::square::{self, SquareOptions};
 use weft_policy::jwt::testing::TestIssuer;
 use weft_test_support::{
-    DiscoveryFile, MeshIds, TestProxy, eventually, ids::identity, metric, mesh::channel_via, process::ControlPlane,
+    DiscoveryFile, MeshIds, TestProxy, eventually, ids::identity, mesh::channel_via, metric, process::ControlPlane,
 };
 
 const SVC: &str = "square.test:50051";
@@ -150,7 +150,10 @@ async fn one_identity_is_allowed_a_method_another_is_denied_and_both_are_counted
     assert_eq!(square_call(&mut client).await.unwrap(), 81);
     // Another method of the same service: not for `client`.
     let s = denied(report_call(&mut client).await);
-    assert!(s.message().contains("server grpc") && s.message().contains("route not authorized"), "{s:?}");
+    assert!(
+        s.message().contains("server grpc") && s.message().contains("route not authorized"),
+        "{s:?}"
+    );
     // Another identity: nothing.
     let s = denied(square_call(&mut other).await);
     assert!(s.message().contains("server grpc: unauthorized"), "{s:?}");
@@ -168,11 +171,39 @@ async fn one_identity_is_allowed_a_method_another_is_denied_and_both_are_counted
     let client_id = identity("client");
     let other_id = identity("other");
     assert!(
-        authz(&m, &[("server", "grpc"), ("decision", "allow"), ("reason", "authorized"), ("client_id", &client_id), ("route", "/square.Square/Square")]) >= 1.0,
+        authz(
+            &m,
+            &[
+                ("server", "grpc"),
+                ("decision", "allow"),
+                ("reason", "authorized"),
+                ("client_id", &client_id),
+                ("route", "/square.Square/Square")
+            ]
+        ) >= 1.0,
         "{m}"
     );
-    assert!(authz(&m, &[("decision", "deny"), ("reason", "route"), ("client_id", &client_id), ("route", "/square.Square/Report")]) >= 1.0);
-    assert!(authz(&m, &[("decision", "deny"), ("reason", "unauthorized"), ("client_id", &other_id)]) >= 1.0);
+    assert!(
+        authz(
+            &m,
+            &[
+                ("decision", "deny"),
+                ("reason", "route"),
+                ("client_id", &client_id),
+                ("route", "/square.Square/Report")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        authz(
+            &m,
+            &[
+                ("decision", "deny"),
+                ("reason", "unauthorized"),
+                ("client_id", &other_id)
+            ]
+        ) >= 1.0
+    );
     // A denial is the caller's doing: the client's proxy does not count it
     // against the endpoint, nor retry it.
     assert_eq!(mesh.app.stats().calls - calls_before, 3);
@@ -189,13 +220,27 @@ async fn unauthenticated_callers_are_denied_on_an_all_authenticated_workload() {
     let (_o, mut other) = mesh.client("other").await;
     assert_eq!(square_call(&mut other).await.unwrap(), 81);
     let m = mesh.inbound.metrics().await;
-    assert!(authz(&m, &[("server", "default"), ("decision", "deny"), ("reason", "unauthenticated"), ("client_id", "")]) >= 1.0);
+    assert!(
+        authz(
+            &m,
+            &[
+                ("server", "default"),
+                ("decision", "deny"),
+                ("reason", "unauthenticated"),
+                ("client_id", "")
+            ]
+        ) >= 1.0
+    );
 
     // HTTP/1.1 gets 403, and an opaque connection is closed.
-    let (status, body) = weft_test_support::http_get(mesh.inbound.inbound, "/anything").await.unwrap();
+    let (status, body) = weft_test_support::http_get(mesh.inbound.inbound, "/anything")
+        .await
+        .unwrap();
     assert_eq!(status, 403, "{body}");
     let mut tcp = tokio::net::TcpStream::connect(mesh.inbound.inbound).await.unwrap();
-    tcp.write_all(b"\x00\x01 an opaque protocol that speaks first\r\n").await.unwrap();
+    tcp.write_all(b"\x00\x01 an opaque protocol that speaks first\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
         .await
@@ -215,7 +260,17 @@ async fn audit_mode_lets_through_what_it_would_deny_and_counts_it() {
     let (_o, mut other) = mesh.client("other").await;
     assert_eq!(square_call(&mut other).await.unwrap(), 81);
     let m = mesh.inbound.metrics().await;
-    assert!(authz(&m, &[("decision", "audit"), ("reason", "unauthorized"), ("client_id", &identity("other"))]) >= 1.0, "{m}");
+    assert!(
+        authz(
+            &m,
+            &[
+                ("decision", "audit"),
+                ("reason", "unauthorized"),
+                ("client_id", &identity("other"))
+            ]
+        ) >= 1.0,
+        "{m}"
+    );
     assert_eq!(authz(&m, &[("decision", "deny")]), 0.0);
 }
 
@@ -262,14 +317,34 @@ policies:
     expired["exp"] = serde_json::json!(1_000_000);
     let s = denied(call(Some(issuer.token(&expired))).await);
     assert!(s.message().contains("invalid token"), "{s:?}");
-    denied(call(Some(issuer.token(&TestIssuer::claims("https://evil.example.com", "square", "alice")))).await);
-    denied(call(Some(issuer.token(&TestIssuer::claims("https://id.example.com", "billing", "alice")))).await);
+    denied(
+        call(Some(issuer.token(&TestIssuer::claims(
+            "https://evil.example.com",
+            "square",
+            "alice",
+        ))))
+        .await,
+    );
+    denied(
+        call(Some(issuer.token(&TestIssuer::claims(
+            "https://id.example.com",
+            "billing",
+            "alice",
+        ))))
+        .await,
+    );
     denied(call(Some(TestIssuer::new("key-1").token(&claims("alice")))).await);
     denied(call(Some(TestIssuer::unsigned(&claims("alice")))).await);
     denied(call(Some(issuer.hmac_with_public_key(&claims("alice")))).await);
     let m = mesh.inbound.metrics().await;
-    assert!(authz(&m, &[("decision", "allow"), ("client_id", "jwt:corp")]) >= 1.0, "{m}");
-    assert!(authz(&m, &[("decision", "deny"), ("reason", "invalid_token")]) >= 6.0, "{m}");
+    assert!(
+        authz(&m, &[("decision", "allow"), ("client_id", "jwt:corp")]) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        authz(&m, &[("decision", "deny"), ("reason", "invalid_token")]) >= 6.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +385,11 @@ async fn a_policy_change_under_load_applies_within_a_second_and_fails_no_call_in
             }
             Ok(_) => {}
             Err(s) => {
-                assert_eq!(s.code(), tonic::Code::PermissionDenied, "a call failed otherwise: {s:?}");
+                assert_eq!(
+                    s.code(),
+                    tonic::Code::PermissionDenied,
+                    "a call failed otherwise: {s:?}"
+                );
                 assert!(
                     c.started >= revoked,
                     "a call started before the change was denied ({:?} before it)",
@@ -326,10 +405,18 @@ async fn a_policy_change_under_load_applies_within_a_second_and_fails_no_call_in
     // policy was restored, was denied; a second after it, every call passed.
     for c in &calls {
         if c.started > revoked + Duration::from_secs(1) && c.started < restored {
-            assert!(c.result.is_err(), "a call {:?} after the revocation passed", c.started - revoked);
+            assert!(
+                c.result.is_err(),
+                "a call {:?} after the revocation passed",
+                c.started - revoked
+            );
         }
         if c.started > restored + Duration::from_secs(1) {
-            assert!(c.result.is_ok(), "a call {:?} after the restore failed", c.started - restored);
+            assert!(
+                c.result.is_ok(),
+                "a call {:?} after the restore failed",
+                c.started - restored
+            );
         }
     }
     let back = first_allowed_again.expect("no call passed after the restore") - restored;
@@ -338,7 +425,10 @@ async fn a_policy_change_under_load_applies_within_a_second_and_fails_no_call_in
         .iter()
         .filter(|c| c.started < revoked && c.finished > revoked)
         .count();
-    assert!(in_flight_at_change >= 3, "only {in_flight_at_change} calls were in flight at the change");
+    assert!(
+        in_flight_at_change >= 3,
+        "only {in_flight_at_change} calls were in flight at the change"
+    );
     println!(
         "{} calls; revoked in {took:?}, restored in {back:?}; {in_flight_at_change} in flight at the change, none failed",
         calls.len()
@@ -362,7 +452,12 @@ async fn with_the_control_plane_down_or_a_bad_policy_the_last_policy_stays_in_fo
         ready.contains("`okta` is not a provider").then_some(())
     })
     .await;
-    assert!(mesh.cp.ready().await.contains("policies.square.servers.grpc.authorizations.admins.jwt[0].provider"));
+    assert!(
+        mesh.cp
+            .ready()
+            .await
+            .contains("policies.square.servers.grpc.authorizations.admins.jwt[0].provider")
+    );
     assert_eq!(square_call(&mut client).await.unwrap(), 81);
     denied(square_call(&mut other).await);
 

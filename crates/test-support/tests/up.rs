@@ -344,3 +344,90 @@ async fn weft_up_stops_sending_to_a_replica_that_reports_not_serving() {
         .unwrap();
     assert!(status.success());
 }
+
+/// examples/square-policy.yaml, as a user runs it: `frontend` is allowed
+/// to call Square, `intruder` is denied, both counted by square's proxies;
+/// an edit of the policy applies live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_up_enforces_the_policy_scene_and_applies_an_edit_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    let example = std::fs::read_to_string(workspace_root().join("examples/square-policy.yaml")).unwrap();
+    std::fs::write(&file, &example).unwrap();
+    let entry: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let weft_dir: PathBuf = dir.path().join(".weft");
+    let _cleanup = Down(weft_dir.clone());
+    let _up = tokio::process::Command::new(bin_path("weft"))
+        .arg("up")
+        .arg(&file)
+        .arg("--dir")
+        .arg(&weft_dir)
+        .args(["--entry", &entry.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let root = dir.path().to_path_buf();
+    eventually("the square replicas ready", Duration::from_secs(30), || {
+        let root = root.clone();
+        async move {
+            let r = replicas(&state(&root));
+            (r.iter()
+                .filter(|(n, p)| n.starts_with("square-") && p == "ready")
+                .count()
+                == 2)
+                .then_some(())
+        }
+    })
+    .await;
+    let admins: Vec<std::net::SocketAddr> = state(dir.path())["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"].as_str().unwrap_or_default().starts_with("square-"))
+        .map(|r| r["admin"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let count = |decision: &'static str, who: &'static str| {
+        let admins = admins.clone();
+        async move {
+            let mut n = 0.0;
+            for a in admins {
+                let m = weft_test_support::http_get(a, "/metrics")
+                    .await
+                    .map(|r| r.1)
+                    .unwrap_or_default();
+                n += weft_test_support::metric(
+                    &m,
+                    "weft_inbound_authz_total",
+                    &[("decision", decision), ("client_id", who)],
+                );
+            }
+            n
+        }
+    };
+    const FRONTEND: &str = "frontend.default.serviceaccount.identity.cluster.local";
+    const INTRUDER: &str = "intruder.default.serviceaccount.identity.cluster.local";
+    eventually("frontend allowed, intruder denied", Duration::from_secs(30), || async {
+        (count("allow", FRONTEND).await >= 3.0 && count("deny", INTRUDER).await >= 3.0).then_some(())
+    })
+    .await;
+    assert_eq!(count("allow", INTRUDER).await, 0.0);
+    // From outside, through the entry proxy (identity weft-entry): allowed.
+    let hosts = square_calls(channel_via(entry, "square:50051").await, 10, 2).await;
+    assert_eq!(hosts.len(), 10, "{hosts:?}");
+
+    // The intruder is let in by an edit of the file: live, no restart.
+    std::fs::write(
+        &file,
+        example.replace(
+            "identities: [frontend.default.serviceaccount.identity.cluster.local]",
+            "identities: [frontend.default.serviceaccount.identity.cluster.local, intruder.default.serviceaccount.identity.cluster.local]",
+        ),
+    )
+    .unwrap();
+    eventually("the intruder allowed", Duration::from_secs(15), || async {
+        (count("allow", INTRUDER).await >= 2.0).then_some(())
+    })
+    .await;
+}

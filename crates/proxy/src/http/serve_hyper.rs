@@ -150,10 +150,7 @@ async fn handle(
                 grpc,
                 timeout,
                 method: req.method().as_str(),
-                authorization: req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok()),
+                authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
             };
             path.open(conn, &mut lock(memo), &head, start)
         }

@@ -173,11 +173,13 @@ fn route(state: &AdminState, req: Request<Incoming>, peer: SocketAddr) -> Respon
             let _ = state.shutdown.send(());
             reply(StatusCode::OK, "text/plain", "shutting down\n".into())
         }
-        (_, "/metrics" | "/live" | "/ready" | "/config" | "/balancers" | "/identity" | "/policy" | "/shutdown") => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n".into(),
-        ),
+        (_, "/metrics" | "/live" | "/ready" | "/config" | "/balancers" | "/identity" | "/policy" | "/shutdown") => {
+            reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n".into(),
+            )
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

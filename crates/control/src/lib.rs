@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod destination;
 pub mod identity;
+pub mod jwks;
 pub mod metrics;
 pub mod policy;
 pub mod source;

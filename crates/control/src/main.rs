@@ -41,6 +41,11 @@ struct Args {
     /// How long an issued certificate is valid (proxies renew at 70 %): 24h, 1h, 10s.
     #[arg(long, env = "WEFT_CONTROL_CERT_LIFETIME", default_value = "24h", value_parser = parse_lifetime)]
     cert_lifetime: std::time::Duration,
+    /// How often the JWKS documents that policies name by URL
+    /// (`jwks_url`) are fetched again (a failed fetch keeps the last
+    /// good keys): 5m, 30s (at most 1h).
+    #[arg(long, env = "WEFT_CONTROL_JWKS_REFRESH", default_value = "5m", value_parser = weft_mesh::parse_timeout)]
+    jwks_refresh: std::time::Duration,
     /// Log filter: error, warn, info, debug, trace.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -100,7 +105,7 @@ fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let source = FileSource::start(&args.mesh_file)?;
+    let source = FileSource::start(&args.mesh_file, args.jwks_refresh).await?;
     let identity = match (&args.identity_dir, &args.identity_tokens) {
         (Some(dir), Some(tokens)) => {
             let (ca, created) = weft_identity::Ca::load_or_create(dir, &args.trust_domain)

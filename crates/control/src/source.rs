@@ -34,16 +34,14 @@ pub struct Policies {
 impl Policies {
     /// The policies a mesh file gives; JWKS files are read relative to
     /// `base` (the file's directory). An error names what is wrong.
-    pub fn from_file(file: &MeshFile, base: &Path) -> Result<Self, String> {
+    pub fn from_file(file: &MeshFile, base: &Path, jwks: &crate::jwks::JwksCache) -> Result<Self, String> {
         let mesh = file.policy.clone().unwrap_or_default();
         let mut workloads = BTreeMap::new();
         for (name, p) in file.workload_policies() {
             let resolved =
                 weft_policy::Resolved::resolve(name.as_str(), Some(&p), &mesh, |_, provider| {
                     match &provider.jwks_url {
-                        Some(url) => Err(format!(
-                            "jwks_url {url}: fetching keys by URL is not built yet; put the JWKS in a file (jwks_file)"
-                        )),
+                        Some(url) => jwks.get(url).ok_or_else(|| format!("jwks_url {url}: not fetched")),
                         None => weft_policy::spec::read_jwks_file(base, provider),
                     }
                 })
@@ -73,9 +71,9 @@ pub struct ServiceEndpoints {
 
 impl Mesh {
     /// The mesh a mesh file describes (JWKS files read relative to `base`).
-    pub fn from_file_at(file: &MeshFile, base: &Path) -> Result<Self, String> {
+    pub fn from_file_at(file: &MeshFile, base: &Path, jwks: &crate::jwks::JwksCache) -> Result<Self, String> {
         let mut mesh = Mesh::from_file(file);
-        mesh.policies = Arc::new(Policies::from_file(file, base)?);
+        mesh.policies = Arc::new(Policies::from_file(file, base, jwks)?);
         Ok(mesh)
     }
 
@@ -147,7 +145,7 @@ impl FileSource {
     /// Reads `path` (an error if it is missing or invalid: the control plane
     /// does not start on a bad file) and watches it from then on. Must be
     /// called within a tokio runtime.
-    pub fn start(path: &Path) -> Result<Self, SourceError> {
+    pub async fn start(path: &Path, jwks_refresh: std::time::Duration) -> Result<Self, SourceError> {
         let path = std::path::absolute(path).map_err(|e| SourceError::Watch(format!("{}: {e}", path.display())))?;
         let text = std::fs::read_to_string(&path).map_err(|source| MeshError::Read {
             path: path.clone(),
@@ -161,10 +159,13 @@ impl FileSource {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let first = Mesh::from_file_at(&file, &dir).map_err(|message| MeshError::Invalid {
+        let invalid = |message| MeshError::Invalid {
             path: path.clone(),
             message,
-        })?;
+        };
+        let jwks = crate::jwks::JwksCache::default();
+        jwks.refresh(&file).await.map_err(invalid)?;
+        let first = Mesh::from_file_at(&file, &dir, &jwks).map_err(invalid)?;
         let (mesh_tx, mesh) = watch::channel(Arc::new(first));
         let (refusal_tx, refusals) = watch::channel(None);
 
@@ -184,7 +185,33 @@ impl FileSource {
         let base = dir.clone();
         tokio::spawn(async move {
             let mut last_text = text;
-            while let Some(event) = rx.recv().await {
+            let mut last_good = file;
+            let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + jwks_refresh, jwks_refresh);
+            refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let event = tokio::select! {
+                    e = rx.recv() => match e {
+                        Some(e) => e,
+                        None => break,
+                    },
+                    _ = refresh.tick() => {
+                        // The JWKS by URL again: a provider's new keys reach
+                        // the proxies with the policy.
+                        if let Ok(true) = jwks.refresh(&last_good).await
+                            && let Ok(next) = Mesh::from_file_at(&last_good, &base, &jwks)
+                        {
+                            mesh_tx.send_if_modified(|cur| {
+                                if **cur == next {
+                                    false
+                                } else {
+                                    *cur = Arc::new(next);
+                                    true
+                                }
+                            });
+                        }
+                        continue;
+                    }
+                };
                 match event {
                     Ok(ev) if !ev.paths.iter().any(|p| p == &watched) => continue,
                     Ok(_) => {}
@@ -209,12 +236,18 @@ impl FileSource {
                 if text == last_text || text.is_empty() {
                     continue;
                 }
-                match MeshFile::parse(&watched, &text)
-                    .map_err(|e| e.to_string())
-                    .and_then(|file| {
-                        Mesh::from_file_at(&file, &base).map_err(|e| format!("{}: {e}", watched.display()))
-                    }) {
-                    Ok(next) => {
+                let parsed = match MeshFile::parse(&watched, &text) {
+                    Ok(file) => match jwks.refresh(&file).await {
+                        Ok(_) => Mesh::from_file_at(&file, &base, &jwks)
+                            .map(|m| (m, file))
+                            .map_err(|e| format!("{}: {e}", watched.display())),
+                        Err(e) => Err(format!("{}: {e}", watched.display())),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                match parsed {
+                    Ok((next, file)) => {
+                        last_good = file;
                         tracing::info!(
                             path = %watched.display(),
                             services = next.services.len(),

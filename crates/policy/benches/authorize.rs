@@ -13,7 +13,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use weft_policy::{Authorizer, Request, Resolved, Verdict, spec::*};
+use weft_policy::{Authorizer, MeshPolicy, Request, Resolved, Verdict, WorkloadPolicy, spec::*};
 
 fn policy(n: usize) -> Resolved {
     let mut auths = std::collections::BTreeMap::new();
@@ -113,6 +113,33 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(authz.check(black_box(&network))).verdict)
     });
     g.finish();
+
+    // A bearer token from an external provider (ES256): the signature check.
+    let issuer = weft_policy::jwt::testing::TestIssuer::new("k1");
+    let mesh: MeshPolicy = serde_json::from_value(serde_json::json!({
+        "jwt": {"corp": {"issuer": "https://id.example.com", "audiences": ["square"], "jwks_file": "jwks.json"}}
+    }))
+    .unwrap();
+    let workload: WorkloadPolicy = serde_json::from_value(serde_json::json!({
+        "servers": {"grpc": {"port": 50051, "authorizations": {"people": {"jwt": [{"provider": "corp"}]}}}}
+    }))
+    .unwrap();
+    let resolved = Resolved::resolve("bench", Some(&workload), &mesh, |_, _| Ok(issuer.jwks.clone())).unwrap();
+    let authz = Authorizer::compile(&resolved).unwrap();
+    let token = issuer.token(&weft_policy::jwt::testing::TestIssuer::claims(
+        "https://id.example.com",
+        "square",
+        "alice",
+    ));
+    let jwt = Request {
+        identity: None,
+        bearer: Some(&token),
+        ..exact
+    };
+    assert_eq!(authz.check(&jwt).verdict, Verdict::Allow);
+    c.bench_function("jwt_es256_allowed", |b| {
+        b.iter(|| black_box(authz.check(black_box(&jwt))).verdict)
+    });
 }
 
 criterion_group!(benches, bench);

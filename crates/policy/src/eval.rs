@@ -12,7 +12,7 @@ use std::{
 use ipnet::IpNet;
 
 use crate::{
-    jwt::{Caller, TokenError, Verifier},
+    jwt::{Caller, TokenCache, TokenError, Verifier},
     spec::{DefaultPolicy, IdentityMatch, Mode, PortRange, Resolved, ServerProtocol},
 };
 
@@ -107,6 +107,7 @@ pub struct Authorizer {
     cluster: Vec<IpNet>,
     servers: Vec<Server>,
     providers: Vec<(String, Verifier)>,
+    tokens: std::sync::Mutex<TokenCache>,
 }
 
 struct Server {
@@ -251,6 +252,7 @@ impl Authorizer {
             cluster: policy.cluster_networks.clone(),
             servers,
             providers,
+            tokens: Default::default(),
         })
     }
 
@@ -263,6 +265,7 @@ impl Authorizer {
             cluster: crate::spec::default_cluster_networks(),
             servers: Vec::new(),
             providers: Vec::new(),
+            tokens: Default::default(),
         }
     }
 
@@ -347,9 +350,24 @@ impl Authorizer {
         if let Some(token) = req.bearer
             && !server.with_jwt.is_empty()
         {
+            let now = crate::jwt::unix_now();
             for &p in &server.providers {
+                let cached = {
+                    let cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.get(p, token, now).cloned()
+                };
+                if let Some(c) = cached {
+                    callers.push((p, c));
+                    continue;
+                }
                 match self.providers[p].1.verify(token) {
-                    Ok(c) => callers.push((p, c)),
+                    Ok(c) => {
+                        self.tokens
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(p, token, c.clone());
+                        callers.push((p, c));
+                    }
                     Err(e) => token_error = token_error.or(Some(e)),
                 }
             }

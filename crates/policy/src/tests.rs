@@ -382,3 +382,36 @@ fn before_any_policy_a_proxy_applies_its_default() {
     assert!(!a.check(&req(None, "/a.B/C")).allowed());
     assert!(a.check(&req(Some(CLIENT), "/a.B/C")).allowed());
 }
+
+#[test]
+fn verified_tokens_are_remembered_until_they_expire_and_the_cache_is_bounded() {
+    use crate::jwt::{CACHE_TOKENS, Caller, LEEWAY_SECS, TokenCache};
+    let caller = |expires| Caller {
+        subject: "alice".into(),
+        groups: vec![],
+        expires,
+    };
+    let mut cache = TokenCache::default();
+    cache.insert(0, "t1", caller(1_000));
+    assert!(cache.get(0, "t1", 1_000 + LEEWAY_SECS).is_some());
+    assert!(cache.get(0, "t1", 1_001 + LEEWAY_SECS).is_none(), "expired");
+    assert!(cache.get(1, "t1", 900).is_none(), "another provider");
+    assert!(cache.get(0, "t1x", 900).is_none());
+    for i in 0..CACHE_TOKENS {
+        cache.insert(0, &format!("k{i}"), caller(5_000));
+    }
+    assert!(cache.get(0, "t1", 900).is_none(), "the oldest went first");
+    assert!(cache.get(0, &format!("k{}", CACHE_TOKENS - 1), 900).is_some());
+
+    // Through a policy: the second check of a token is a cache hit, and a
+    // token changed by one byte is checked (and refused) afresh.
+    let (issuer, a) = jwt_policy();
+    let alice = issuer.token(&TestIssuer::claims("https://id.example.com", "square", "alice"));
+    assert!(a.check(&with_token(&alice, "/square.Square/Square")).allowed());
+    assert!(a.check(&with_token(&alice, "/square.Square/Square")).allowed());
+    let mut forged = alice.clone().into_bytes();
+    let i = forged.len() - 3;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(!a.check(&with_token(&forged, "/square.Square/Square")).allowed());
+}

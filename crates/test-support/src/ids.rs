@@ -44,16 +44,15 @@ impl MeshIds {
 
     /// weft-control on `disc`, with the Identity service.
     pub async fn control_plane(&self, disc: &DiscoveryFile) -> ControlPlane {
-        ControlPlane::start_with(
-            &disc.path,
-            &[
-                "--identity-dir",
-                &self.path("ca"),
-                "--identity-tokens",
-                &self.path("tokens.yaml"),
-            ],
-        )
-        .await
+        self.control_plane_with(disc, &[]).await
+    }
+
+    /// The same, with more flags.
+    pub async fn control_plane_with(&self, disc: &DiscoveryFile, extra: &[&str]) -> ControlPlane {
+        let (ca, tokens) = (self.path("ca"), self.path("tokens.yaml"));
+        let mut args = vec!["--identity-dir", ca.as_str(), "--identity-tokens", tokens.as_str()];
+        args.extend_from_slice(extra);
+        ControlPlane::start_with(&disc.path, &args).await
     }
 
     /// A proxy with `sa`'s identity, asking `cp`; returns once certified.

@@ -46,11 +46,16 @@ impl Mesh {
     }
 
     async fn start_with(policy: &str, app: SquareOptions, extra: &[&str]) -> Mesh {
+        Mesh::start_full(policy, app, extra, &[]).await
+    }
+
+    /// With flags for the inbound proxy (`extra`) and weft-control (`cp_extra`).
+    async fn start_full(policy: &str, app: SquareOptions, extra: &[&str], cp_extra: &[&str]) -> Mesh {
         let app = square::spawn(app).await.unwrap();
         let ids = MeshIds::new();
         let disc = DiscoveryFile::new();
         disc.write(&format!("services: {{}}\n{policy}"));
-        let cp = ids.control_plane(&disc).await;
+        let cp = ids.control_plane_with(&disc, cp_extra).await;
         let app_addr = app.addr.to_string();
         let mut args = vec![
             "--inbound-forward",
@@ -472,4 +477,103 @@ async fn with_the_control_plane_down_or_a_bad_policy_the_last_policy_stays_in_fo
     let mut fresh = SquareClient::new(channel_via(mesh.inbound.inbound, SVC).await);
     denied(square_call(&mut fresh).await);
     assert!(mesh.policy_page().await.contains("policy: workload square"));
+}
+
+/// A JWKS served over HTTP, replaceable, or failing (500).
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    doc: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl JwksServer {
+    async fn start(doc: &str) -> JwksServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let doc = std::sync::Arc::new(std::sync::Mutex::new(Some(doc.to_string())));
+        let served = doc.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let doc = served.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let answer = match doc {
+                        Some(d) => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{d}",
+                            d.len()
+                        ),
+                        None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_string(),
+                    };
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        JwksServer { addr, doc }
+    }
+
+    fn set(&self, doc: Option<&str>) {
+        *self.doc.lock().unwrap() = doc.map(str::to_string);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_fetched_by_url_follow_the_providers_rotation_and_survive_its_outage() {
+    let (old, new) = (TestIssuer::new("2026-old"), TestIssuer::new("2026-new"));
+    let server = JwksServer::start(&old.jwks).await;
+    let policy = format!(
+        r#"
+policy:
+  jwt:
+    corp: {{issuer: "https://id.example.com", audiences: [square], jwks_url: "http://{}/.well-known/jwks.json"}}
+policies:
+  square:
+    servers:
+      grpc:
+        port: 50051
+        authorizations:
+          people: {{jwt: [{{provider: corp}}]}}
+"#,
+        server.addr
+    );
+    let mesh = Mesh::start_full(
+        &policy,
+        SquareOptions::named("square-0"),
+        &[],
+        &["--jwks-refresh", "500ms"],
+    )
+    .await;
+    let plain = SquareClient::new(channel_via(mesh.inbound.inbound, SVC).await);
+    let call = |token: String| {
+        let mut sq = plain.clone();
+        async move {
+            let mut req = tonic::Request::new(Input { value: 3 });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            sq.square(req).await.map(|r| r.into_inner().result)
+        }
+    };
+    let claims = TestIssuer::claims("https://id.example.com", "square", "alice");
+    assert_eq!(call(old.token(&claims)).await.unwrap(), 9);
+    denied(call(new.token(&claims)).await);
+    // The provider rotates its keys: the new ones reach the proxy.
+    server.set(Some(&new.jwks));
+    eventually("the new key accepted", Duration::from_secs(10), || async {
+        call(new.token(&claims)).await.ok()
+    })
+    .await;
+    denied(call(old.token(&claims)).await);
+    // The provider fails: the last keys stay.
+    server.set(None);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(call(new.token(&claims)).await.unwrap(), 9);
 }

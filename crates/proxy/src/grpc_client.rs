@@ -33,6 +33,22 @@ impl CallEnd {
     }
 }
 
+/// An HTTP/2 connection (plaintext) to `addr`, for calls to the control
+/// plane; errors name `what` and the address.
+pub async fn connect(addr: &str, what: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("{what} at {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (send, driver) = h2::client::handshake(tcp)
+        .await
+        .map_err(|e| format!("{what} at {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    Ok(send)
+}
+
 /// A call's answers, as they come.
 pub struct Answers {
     body: h2::RecvStream,

@@ -249,17 +249,7 @@ async fn certify(control: &str, token_file: &PathBuf) -> Result<Certified, Strin
 
 /// An HTTP/2 connection to the control plane.
 async fn connect(control: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
-    let tcp = tokio::net::TcpStream::connect(control)
-        .await
-        .map_err(|e| format!("weft-control at {control}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let (send, driver) = h2::client::handshake(tcp)
-        .await
-        .map_err(|e| format!("weft-control at {control}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = driver.await;
-    });
-    Ok(send)
+    grpc_client::connect(control, "weft-control").await
 }
 
 async fn call(control: &str, request: &[u8]) -> Result<Bytes, String> {

@@ -333,17 +333,9 @@ pub fn spawn_watch(control: String, workload: String, policy: Arc<Policy>) {
 }
 
 async fn watch_once(control: &str, workload: &str, policy: &Policy) -> Result<(), String> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(control))
+    let send = tokio::time::timeout(CONNECT_TIMEOUT, grpc_client::connect(control, "weft-control"))
         .await
-        .map_err(|_| format!("weft-control at {control} did not answer within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("weft-control at {control}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let (send, driver) = h2::client::handshake(tcp)
-        .await
-        .map_err(|e| format!("weft-control at {control}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = driver.await;
-    });
+        .map_err(|_| format!("weft-control at {control} did not answer within {CONNECT_TIMEOUT:?}"))??;
     let request = pb::WatchPolicy {
         workload: workload.to_string(),
     }

@@ -138,6 +138,20 @@ async fn report_call(sq: &mut SquareClient<tonic::transport::Channel>) -> Result
     sq.report(Input { value: 9 }).await.map(|r| r.into_inner().result)
 }
 
+/// A Square call straight to `sq`'s connection with `authorization: Bearer <token>`.
+async fn bearer_call(
+    sq: &SquareClient<tonic::transport::Channel>,
+    token: Option<String>,
+) -> Result<i64, tonic::Status> {
+    let mut sq = sq.clone();
+    let mut req = tonic::Request::new(Input { value: 3 });
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    sq.square(req).await.map(|r| r.into_inner().result)
+}
+
 fn denied(r: Result<i64, tonic::Status>) -> tonic::Status {
     let s = r.expect_err("a denial");
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
@@ -302,17 +316,7 @@ policies:
     );
     let mesh = Mesh::start(&policy).await;
     let plain = SquareClient::new(channel_via(mesh.inbound.inbound, SVC).await);
-    let call = |token: Option<String>| {
-        let mut sq = plain.clone();
-        async move {
-            let mut req = tonic::Request::new(Input { value: 3 });
-            if let Some(t) = token {
-                req.metadata_mut()
-                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
-            }
-            sq.square(req).await.map(|r| r.into_inner().result)
-        }
-    };
+    let call = |token: Option<String>| bearer_call(&plain, token);
     let claims = |sub: &str| TestIssuer::claims("https://id.example.com", "square", sub);
     assert_eq!(call(Some(issuer.token(&claims("alice")))).await.unwrap(), 9);
     let s = denied(call(None).await);
@@ -553,15 +557,7 @@ policies:
     )
     .await;
     let plain = SquareClient::new(channel_via(mesh.inbound.inbound, SVC).await);
-    let call = |token: String| {
-        let mut sq = plain.clone();
-        async move {
-            let mut req = tonic::Request::new(Input { value: 3 });
-            req.metadata_mut()
-                .insert("authorization", format!("Bearer {token}").parse().unwrap());
-            sq.square(req).await.map(|r| r.into_inner().result)
-        }
-    };
+    let call = |token: String| bearer_call(&plain, Some(token));
     let claims = TestIssuer::claims("https://id.example.com", "square", "alice");
     assert_eq!(call(old.token(&claims)).await.unwrap(), 9);
     denied(call(new.token(&claims)).await);

@@ -76,6 +76,52 @@ impl Drop for Down {
     }
 }
 
+/// `weft up` on a copy of an example mesh file in a new directory, its
+/// entry proxy on a free port; stopped (and `weft down`) when dropped.
+struct UpRun {
+    child: tokio::process::Child,
+    _cleanup: Down,
+    file: PathBuf,
+    entry: std::net::SocketAddr,
+    weft_dir: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl UpRun {
+    /// `example` is a file under examples/; `stderr` where weft up writes.
+    fn start(example: &str, stderr: impl FnOnce(&Path) -> Stdio) -> UpRun {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(
+            &file,
+            std::fs::read_to_string(workspace_root().join("examples").join(example)).unwrap(),
+        )
+        .unwrap();
+        let entry: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let weft_dir: PathBuf = dir.path().join(".weft");
+        let cleanup = Down(weft_dir.clone());
+        let child = tokio::process::Command::new(bin_path("weft"))
+            .arg("up")
+            .arg(&file)
+            .arg("--dir")
+            .arg(&weft_dir)
+            .args(["--entry", &entry.to_string()])
+            .stdout(Stdio::null())
+            .stderr(stderr(dir.path()))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        UpRun {
+            child,
+            _cleanup: cleanup,
+            file,
+            entry,
+            weft_dir,
+            dir,
+        }
+    }
+}
+
 #[test]
 fn weft_up_refuses_a_mesh_file_with_a_typo_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,25 +151,13 @@ fn weft_up_refuses_a_mesh_file_with_a_typo_naming_the_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_up_spreads_calls_scales_live_refuses_a_typo_and_leaves_nothing_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("mesh.yaml");
-    let example = std::fs::read_to_string(workspace_root().join("examples/square.yaml")).unwrap();
-    std::fs::write(&file, &example).unwrap();
-    let entry: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let weft_dir: PathBuf = dir.path().join(".weft");
-    let stderr_path = dir.path().join("up.err");
-    let _cleanup = Down(weft_dir.clone());
-    let mut up = tokio::process::Command::new(bin_path("weft"))
-        .arg("up")
-        .arg(&file)
-        .arg("--dir")
-        .arg(&weft_dir)
-        .args(["--entry", &entry.to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut run = UpRun::start("square.yaml", |d| {
+        std::fs::File::create(d.join("up.err")).unwrap().into()
+    });
+    let example = std::fs::read_to_string(&run.file).unwrap();
+    let (file, entry, weft_dir) = (run.file.clone(), run.entry, run.weft_dir.clone());
+    let stderr_path = run.dir.path().join("up.err");
+    let dir = &run.dir;
     let root = dir.path().to_path_buf();
     eventually("3 ready replicas", Duration::from_secs(30), || {
         let root = root.clone();
@@ -234,12 +268,12 @@ async fn weft_up_spreads_calls_scales_live_refuses_a_typo_and_leaves_nothing_on_
     let all = pids(&state(dir.path()));
     assert_eq!(all.len(), 2 * 2 + 2, "{all:?}");
     assert!(all.iter().all(|&p| alive(p)));
-    let pid = up.id().unwrap();
+    let pid = run.child.id().unwrap();
     std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()
         .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), up.wait())
+    let status = tokio::time::timeout(Duration::from_secs(30), run.child.wait())
         .await
         .expect("weft up stops within 30 s")
         .unwrap();
@@ -252,27 +286,9 @@ async fn weft_up_spreads_calls_scales_live_refuses_a_typo_and_leaves_nothing_on_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_up_stops_sending_to_a_replica_that_reports_not_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("mesh.yaml");
-    std::fs::write(
-        &file,
-        std::fs::read_to_string(workspace_root().join("examples/square.yaml")).unwrap(),
-    )
-    .unwrap();
-    let entry: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let weft_dir: PathBuf = dir.path().join(".weft");
-    let _cleanup = Down(weft_dir.clone());
-    let mut up = tokio::process::Command::new(bin_path("weft"))
-        .arg("up")
-        .arg(&file)
-        .arg("--dir")
-        .arg(&weft_dir)
-        .args(["--entry", &entry.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut run = UpRun::start("square.yaml", |_| Stdio::null());
+    let entry = run.entry;
+    let dir = &run.dir;
     let root = dir.path().to_path_buf();
     eventually("3 ready replicas", Duration::from_secs(30), || {
         let root = root.clone();
@@ -333,12 +349,12 @@ async fn weft_up_stops_sending_to_a_replica_that_reports_not_serving() {
     })
     .await;
 
-    let pid = up.id().unwrap();
+    let pid = run.child.id().unwrap();
     std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status()
         .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), up.wait())
+    let status = tokio::time::timeout(Duration::from_secs(30), run.child.wait())
         .await
         .unwrap()
         .unwrap();
@@ -350,24 +366,9 @@ async fn weft_up_stops_sending_to_a_replica_that_reports_not_serving() {
 /// an edit of the policy applies live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_up_enforces_the_policy_scene_and_applies_an_edit_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("mesh.yaml");
-    let example = std::fs::read_to_string(workspace_root().join("examples/square-policy.yaml")).unwrap();
-    std::fs::write(&file, &example).unwrap();
-    let entry: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let weft_dir: PathBuf = dir.path().join(".weft");
-    let _cleanup = Down(weft_dir.clone());
-    let _up = tokio::process::Command::new(bin_path("weft"))
-        .arg("up")
-        .arg(&file)
-        .arg("--dir")
-        .arg(&weft_dir)
-        .args(["--entry", &entry.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let run = UpRun::start("square-policy.yaml", |_| Stdio::null());
+    let (file, entry, dir) = (&run.file, run.entry, &run.dir);
+    let example = std::fs::read_to_string(file).unwrap();
     let root = dir.path().to_path_buf();
     eventually("the square replicas ready", Duration::from_secs(30), || {
         let root = root.clone();
@@ -419,7 +420,7 @@ async fn weft_up_enforces_the_policy_scene_and_applies_an_edit_live() {
 
     // The intruder is let in by an edit of the file: live, no restart.
     std::fs::write(
-        &file,
+        file,
         example.replace(
             "identities: [frontend.default.serviceaccount.identity.cluster.local]",
             "identities: [frontend.default.serviceaccount.identity.cluster.local, intruder.default.serviceaccount.identity.cluster.local]",

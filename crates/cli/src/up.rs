@@ -547,7 +547,10 @@ impl Up {
         // reads its own file elsewhere.
         let policy = self.mesh.policy.clone().map(|mut p| {
             for provider in p.jwt.values_mut() {
-                if let Some(f) = &mut provider.jwks_file {
+                for f in [&mut provider.jwks_file, &mut provider.jwks_ca_file]
+                    .into_iter()
+                    .flatten()
+                {
                     *f = self.base.join(&*f);
                 }
             }

@@ -164,7 +164,7 @@ impl FileSource {
             message,
         };
         let jwks = crate::jwks::JwksCache::default();
-        jwks.refresh(&file).await.map_err(invalid)?;
+        jwks.refresh(&file, &dir).await.map_err(invalid)?;
         let first = Mesh::from_file_at(&file, &dir, &jwks).map_err(invalid)?;
         let (mesh_tx, mesh) = watch::channel(Arc::new(first));
         let (refusal_tx, refusals) = watch::channel(None);
@@ -197,7 +197,7 @@ impl FileSource {
                     _ = refresh.tick() => {
                         // The JWKS by URL again: a provider's new keys reach
                         // the proxies with the policy.
-                        if let Ok(true) = jwks.refresh(&last_good).await
+                        if let Ok(true) = jwks.refresh(&last_good, &base).await
                             && let Ok(next) = Mesh::from_file_at(&last_good, &base, &jwks)
                         {
                             mesh_tx.send_if_modified(|cur| {
@@ -237,7 +237,7 @@ impl FileSource {
                     continue;
                 }
                 let parsed = match MeshFile::parse(&watched, &text) {
-                    Ok(file) => match jwks.refresh(&file).await {
+                    Ok(file) => match jwks.refresh(&file, &base).await {
                         Ok(_) => Mesh::from_file_at(&file, &base, &jwks)
                             .map(|m| (m, file))
                             .map_err(|e| format!("{}: {e}", watched.display())),

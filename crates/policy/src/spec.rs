@@ -108,10 +108,15 @@ pub struct JwtProvider {
     /// mesh file) ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
-    /// ... or fetched by weft-control from `http://` (refetched every
-    /// `jwks_refresh`; never by a proxy, never per request).
+    /// ... or fetched by weft-control from an `https://` (or `http://`)
+    /// URL, again every `--jwks-refresh`; never by a proxy, never per
+    /// request. https is verified against the public web roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
+    /// A CA (PEM, relative to the mesh file) trusted for `jwks_url`
+    /// beside the public roots: a provider with a private CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// The signature algorithms accepted (default RS256 and ES256).
     /// Asymmetric only: `none` and the HS* family are refused, so a public
     /// key can never be used as an HMAC secret.
@@ -488,14 +493,17 @@ impl MeshPolicy {
             }
             match (&p.jwks_file, &p.jwks_url) {
                 (Some(_), None) => {}
-                (None, Some(u)) if u.starts_with("http://") => {}
+                (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => {}
                 (None, Some(u)) => {
                     return Err(err(
                         format!("{field}.jwks_url"),
-                        format!("`{u}`: weft-control fetches http:// URLs only for now (use jwks_file for another)"),
+                        format!("`{u}` is not an https:// (or http://) URL"),
                     ));
                 }
                 _ => return Err(err(field, "give exactly one of jwks_file and jwks_url")),
+            }
+            if p.jwks_ca_file.is_some() && p.jwks_url.is_none() {
+                return Err(err(format!("{field}.jwks_ca_file"), "only with jwks_url"));
             }
         }
         Ok(())

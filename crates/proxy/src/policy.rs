@@ -89,6 +89,7 @@ pub struct AuthzMetrics {
     pub rejected: Counter,
     routes: Arc<Cap>,
     clients: Arc<Cap>,
+    servers: Arc<Cap>,
 }
 
 /// The policy in force and where it came from.
@@ -231,7 +232,7 @@ impl Policy {
 
     fn count(&self, server: &str, route: &str, verdict: Verdict, reason: &'static str, client: &str) {
         let labels = AuthzLabels {
-            server: Label(Arc::from(server)),
+            server: self.metrics.servers.label(server),
             route: self.metrics.routes.label(route),
             decision: verdict.as_str(),
             reason,

@@ -483,29 +483,57 @@ async fn with_the_control_plane_down_or_a_bad_policy_the_last_policy_stays_in_fo
     assert!(mesh.policy_page().await.contains("policy: workload square"));
 }
 
-/// A JWKS served over HTTP, replaceable, or failing (500).
+/// A JWKS served over HTTPS by a server with a private CA, replaceable,
+/// or failing (500).
 struct JwksServer {
     addr: std::net::SocketAddr,
     doc: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// The CA that signed its certificate (PEM).
+    ca_pem: String,
 }
 
 impl JwksServer {
     async fn start(doc: &str) -> JwksServer {
+        // A private CA and a certificate for 127.0.0.1.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let doc = std::sync::Arc::new(std::sync::Mutex::new(Some(doc.to_string())));
         let served = doc.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
-                    return;
-                };
+                let Ok((tcp, _)) = listener.accept().await else { return };
                 let doc = served.lock().unwrap().clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
                     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tcp.read(&mut chunk).await {
+                        match tls.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
@@ -518,11 +546,16 @@ impl JwksServer {
                         None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                             .to_string(),
                     };
-                    let _ = tcp.write_all(answer.as_bytes()).await;
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
                 });
             }
         });
-        JwksServer { addr, doc }
+        JwksServer {
+            addr,
+            doc,
+            ca_pem: ca_cert.pem(),
+        }
     }
 
     fn set(&self, doc: Option<&str>) {
@@ -534,11 +567,20 @@ impl JwksServer {
 async fn keys_fetched_by_url_follow_the_providers_rotation_and_survive_its_outage() {
     let (old, new) = (TestIssuer::new("2026-old"), TestIssuer::new("2026-new"));
     let server = JwksServer::start(&old.jwks).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("provider-ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    // https: the provider's certificate is checked (the public roots do
+    // not know its CA; its jwks_ca_file does).
+    let url = format!("https://{}/.well-known/jwks.json", server.addr);
+    let e = weft_control::jwks::fetch(&url, None).await.unwrap_err();
+    assert!(e.contains("TLS"), "{e}");
+    assert_eq!(weft_control::jwks::fetch(&url, Some(&ca)).await.unwrap(), old.jwks);
     let policy = format!(
         r#"
 policy:
   jwt:
-    corp: {{issuer: "https://id.example.com", audiences: [square], jwks_url: "http://{}/.well-known/jwks.json"}}
+    corp: {{issuer: "https://id.example.com", audiences: [square], jwks_url: "https://{}/.well-known/jwks.json", jwks_ca_file: "{}"}}
 policies:
   square:
     servers:
@@ -547,7 +589,8 @@ policies:
         authorizations:
           people: {{jwt: [{{provider: corp}}]}}
 "#,
-        server.addr
+        server.addr,
+        ca.display()
     );
     let mesh = Mesh::start_full(
         &policy,

@@ -11,6 +11,7 @@ use weft_demo::square::{self, SquareOptions};
 use weft_policy::jwt::testing::TestIssuer;
 use weft_test_support::{
     DiscoveryFile, MeshIds, TestProxy, eventually, ids::identity, mesh::channel_via, metric, process::ControlPlane,
+    python, require, workspace_root,
 };
 
 const SVC: &str = "square.test:50051";
@@ -615,4 +616,62 @@ policies:
     server.set(None);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(call(new.token(&claims)).await.unwrap(), 9);
+}
+
+/// A second HTTP/2 and gRPC implementation from outside the mesh: Python
+/// grpcio, plaintext to the inbound proxy, sees PERMISSION_DENIED with the
+/// reason, and is let in by a valid token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpcio_client_is_denied_with_the_reason_and_let_in_by_its_token() {
+    let Some(py) = python() else {
+        require(
+            false,
+            "the Python venv with grpcio (.venv; the README's test set-up makes it)",
+        );
+        return;
+    };
+    let issuer = TestIssuer::new("key-1");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &issuer.jwks).unwrap();
+    let policy = format!(
+        "policy: {{jwt: {{corp: {{issuer: \"https://id.example.com\", audiences: [square], jwks_file: \"{}\"}}}}}}\n\
+         policies: {{square: {{servers: {{grpc: {{port: 50051, authorizations: {{alice: {{jwt: [{{provider: corp, subjects: [alice]}}]}}}}}}}}}}}}\n",
+        jwks.display()
+    );
+    let mesh = Mesh::start(&policy).await;
+    let call = |token: Option<String>| {
+        let py = py.clone();
+        let target = mesh.inbound.inbound.to_string();
+        async move {
+            let mut cmd = tokio::process::Command::new(py);
+            cmd.arg(workspace_root().join("tests/python/square_call.py")).args([
+                "--target",
+                &target,
+                "--authority",
+                SVC,
+            ]);
+            if let Some(t) = token {
+                cmd.args(["--token", &t]);
+            }
+            let out = cmd.output().await.expect("run the Python client");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("one JSON line")
+        }
+    };
+    let out = call(None).await;
+    assert_eq!(out["code"], "PERMISSION_DENIED", "{out}");
+    let details = out["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("forbidden by the authorization policy: server grpc: unauthenticated"),
+        "{out}"
+    );
+    let alice = issuer.token(&TestIssuer::claims("https://id.example.com", "square", "alice"));
+    let out = call(Some(alice)).await;
+    assert_eq!(
+        (out["code"].as_str(), out["result"].as_i64()),
+        (Some("OK"), Some(49)),
+        "{out}"
+    );
+    assert_eq!(mesh.app.stats().calls, 1);
 }

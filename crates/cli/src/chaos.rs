@@ -60,6 +60,10 @@ enum Fault {
     /// Every replica in turn gets SIGTERM (app and proxy at once, as a
     /// kubelet does); weft up starts it again; the next goes when it is ready.
     Rollout,
+    /// The authorization policy rewritten every 100 ms (the calls allowed
+    /// by one authorization, then another; enforce and audit in turn):
+    /// every change reaches every proxy, no call is denied or broken.
+    PolicyChurn,
 }
 
 impl Fault {
@@ -75,6 +79,7 @@ impl Fault {
             Fault::Rollout => "rollout",
             Fault::CertRotation => "cert_rotation",
             Fault::AnchorRotation => "anchor_rotation",
+            Fault::PolicyChurn => "policy_churn",
         }
     }
     fn describe(self) -> &'static str {
@@ -89,6 +94,7 @@ impl Fault {
             Fault::Rollout => "all replicas rolled with SIGTERM, one after another",
             Fault::CertRotation => "certificates of 10 s, renewed by every proxy every ~7 s (mutual TLS)",
             Fault::AnchorRotation => "the trust anchor rotated (weft identity rotate: bundle, reissue, drop)",
+            Fault::PolicyChurn => "the authorization policy rewritten every 100 ms (each version allows the calls)",
         }
     }
     /// How long the fault lasts.
@@ -109,12 +115,14 @@ impl Fault {
             Fault::Slow => "– (its share of calls is reported)",
             Fault::Blackhole | Fault::Drop => "after the first deadline (1 s), only its probes fail",
             Fault::NotServing => "no new calls to it after 1 s",
-            Fault::ControlPlane | Fault::Rollout | Fault::CertRotation | Fault::AnchorRotation => "no failed call",
+            Fault::ControlPlane | Fault::Rollout | Fault::CertRotation | Fault::AnchorRotation | Fault::PolicyChurn => {
+                "no failed call"
+            }
         }
     }
 }
 
-const ALL: [Fault; 10] = [
+const ALL: [Fault; 11] = [
     Fault::Kill,
     Fault::Rollout,
     Fault::Unavailable,
@@ -125,7 +133,23 @@ const ALL: [Fault; 10] = [
     Fault::ControlPlane,
     Fault::CertRotation,
     Fault::AnchorRotation,
+    Fault::PolicyChurn,
 ];
+
+/// The policies `policy_churn` cycles through: each lets the entry proxy
+/// (identity weft-entry) call square, by another authorization.
+const CHURN: [&str; 3] = [
+    "    policy:\n      default: deny\n      servers:\n        grpc:\n          port: 50051\n          authorizations:\n            entry: {identities: [weft-entry.default.serviceaccount.identity.cluster.local], routes: [{grpc: square.Square/Square}]}\n",
+    "    policy:\n      default: deny\n      servers:\n        grpc:\n          port: 50051\n          authorizations:\n            namespace: {identities: [\"*.default.serviceaccount.identity.cluster.local\"]}\n            nobody: {identities: [nobody.default.serviceaccount.identity.cluster.local]}\n",
+    "    policy:\n      default: deny\n      servers:\n        grpc:\n          port: 50051\n          mode: audit\n          authorizations:\n            spiffe: {identities: [spiffe://cluster.local/ns/default/sa/weft-entry], routes: [{grpc: square.Square}]}\n",
+];
+
+/// The chaos mesh file (with `policy`, a workload policy for square).
+fn mesh_file(policy: &str) -> String {
+    format!(
+        "workloads:\n  square:\n    command: square\n    args: [--listen, \"127.0.0.1:${{WEFT_PORT}}\", --name, \"${{WEFT_REPLICA}}\"]\n    replicas: 3\n    ports: [{{port: 50051, protocol: grpc}}]\n{policy}"
+    )
+}
 
 /// One call's record.
 struct Call {
@@ -293,10 +317,8 @@ async fn scenario(fault: Fault, args: &Args) -> anyhow::Result<Row> {
     let dir = std::env::temp_dir().join(format!("weft-chaos-{}-{}", std::process::id(), fault.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("mesh.yaml"),
-        "workloads:\n  square:\n    command: square\n    args: [--listen, \"127.0.0.1:${WEFT_PORT}\", --name, \"${WEFT_REPLICA}\"]\n    replicas: 3\n    ports: [{port: 50051, protocol: grpc}]\n",
-    )?;
+    let policy = if fault == Fault::PolicyChurn { CHURN[0] } else { "" };
+    std::fs::write(dir.join("mesh.yaml"), mesh_file(policy))?;
     let entry: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut up = tokio::process::Command::new(sibling("weft")?)
         .arg("up")
@@ -393,6 +415,23 @@ async fn drive(fault: Fault, args: &Args, dir: &Path, entry: SocketAddr) -> anyh
         Fault::Rollout => roll(dir).await?,
         Fault::CertRotation => {}
         Fault::AnchorRotation => rotate_anchor(dir).await?,
+        Fault::PolicyChurn => {
+            let file = dir.join("mesh.yaml");
+            tokio::spawn(async move {
+                let until = Instant::now() + length;
+                let mut i = 0;
+                while Instant::now() < until {
+                    i += 1;
+                    let text = mesh_file(CHURN[i % CHURN.len()]);
+                    // Atomically, as an editor saving the file would.
+                    let tmp = file.with_extension("tmp");
+                    if std::fs::write(&tmp, text).is_ok() {
+                        let _ = std::fs::rename(&tmp, &file);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
     }
     // From when the fault is in place (applying it takes a few ms).
     // (A rollout's fault is the whole roll.)
@@ -404,7 +443,7 @@ async fn drive(fault: Fault, args: &Args, dir: &Path, entry: SocketAddr) -> anyh
     tokio::time::sleep(length).await;
     let t1 = Instant::now();
     match fault {
-        Fault::Kill | Fault::Rollout | Fault::CertRotation | Fault::AnchorRotation => {}
+        Fault::Kill | Fault::Rollout | Fault::CertRotation | Fault::AnchorRotation | Fault::PolicyChurn => {}
         Fault::Unavailable | Fault::Slow | Fault::NotServing => set_behavior(&app, "")?,
         Fault::Blackhole => signal(app_pid, "CONT"),
         Fault::Drop => iptables("-D", inbound)?,
@@ -414,6 +453,26 @@ async fn drive(fault: Fault, args: &Args, dir: &Path, entry: SocketAddr) -> anyh
     let _ = stop_tx.send(true);
     let calls = load.await?;
     let mut row = judge(fault, &calls, t0, t1, warm, length);
+    if fault == Fault::PolicyChurn {
+        let mut applied = Vec::new();
+        let mut denied = 0.0;
+        for name in ["square-0", "square-1", "square-2"] {
+            let admin = replica(&state(dir), name)
+                .and_then(|r| r["admin"].as_str())
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+            if let Some(a) = admin {
+                applied.push(metric_value(a, "weft_policy_updates_total").await.unwrap_or(0.0));
+                denied += metric_sum(a, "weft_inbound_authz_total", "decision=\"deny\"")
+                    .await
+                    .unwrap_or(0.0);
+            }
+        }
+        row.met &= denied == 0.0;
+        row.detail = format!(
+            "policies applied per proxy: {}; denied: {denied}",
+            applied.iter().map(|v| format!("{v}")).collect::<Vec<_>>().join(", ")
+        );
+    }
     if fault == Fault::CertRotation {
         let entry_admin = state(dir)["entry"]["admin"]
             .as_str()
@@ -485,6 +544,26 @@ async fn roll(dir: &Path) -> anyhow::Result<()> {
 
 /// A sample's value from a proxy's `/metrics` (the line starting with `name`).
 async fn metric_value(admin: SocketAddr, name: &str) -> Option<f64> {
+    metrics_text(admin)
+        .await?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The sum of the series of `name` whose labels contain `label` (`k="v"`).
+async fn metric_sum(admin: SocketAddr, name: &str, label: &str) -> Option<f64> {
+    let text = metrics_text(admin).await?;
+    let prefix = format!("{name}{{");
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && l.contains(label))
+            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// An admin port's /metrics text.
+async fn metrics_text(admin: SocketAddr) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
     s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes())
@@ -495,8 +574,7 @@ async fn metric_value(admin: SocketAddr, name: &str) -> Option<f64> {
         .await
         .ok()?
         .ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    Some(body)
 }
 
 /// Calls at `rate` a second (open loop), each with a 1 s deadline, until stopped.
@@ -593,7 +671,7 @@ fn judge(fault: Fault, calls: &[Call], t0: Instant, t1: Instant, warm: Duration,
         }
         Fault::Unavailable | Fault::ControlPlane => (failed.is_empty(), String::new()),
         Fault::Rollout => (failed.is_empty(), format!("rolled in {:.1} s", (t1 - t0).as_secs_f64())),
-        Fault::CertRotation => (failed.is_empty(), String::new()),
+        Fault::CertRotation | Fault::PolicyChurn => (failed.is_empty(), String::new()),
         Fault::AnchorRotation => (
             failed.is_empty(),
             format!("rotated in {:.1} s", (t1 - t0).as_secs_f64()),

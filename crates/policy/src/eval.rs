@@ -128,6 +128,8 @@ struct Server {
 
 struct Auth {
     name: String,
+    /// Whom it admits, for the proxy's log (never told to a client).
+    clients: String,
     networks: Vec<IpNet>,
     jwt: Vec<JwtRule>,
     routes: Vec<Route>,
@@ -237,8 +239,15 @@ impl Authorizer {
                         },
                     })
                     .collect();
+                let mut clients: Vec<String> = a.identities.iter().map(|i| i.to_string()).collect();
+                clients.extend(a.jwt.iter().map(|j| format!("jwt {}", j.provider)));
+                clients.extend(a.networks.iter().map(|n| n.to_string()));
+                if a.unauthenticated {
+                    clients.push("unauthenticated".into());
+                }
                 server.auths.push(Auth {
                     name: aname.as_str().to_string(),
+                    clients: clients.join(" "),
                     networks: a.networks.clone(),
                     jwt,
                     routes,
@@ -280,6 +289,27 @@ impl Authorizer {
     /// The server names (bounded by the policy, for metric labels).
     pub fn server_names(&self) -> impl Iterator<Item = &str> {
         self.servers.iter().map(|s| s.name.as_str())
+    }
+
+    /// Who `server`'s authorizations admit (at most `max` of them), for a
+    /// log line: `name: clients; ...`.
+    pub fn admits(&self, server: &str, max: usize) -> String {
+        let Some(s) = self.servers.iter().find(|s| s.name == server) else {
+            return format!("default {}", self.default);
+        };
+        let mut out: Vec<String> = s
+            .auths
+            .iter()
+            .take(max)
+            .map(|a| format!("{}: {}", a.name, a.clients))
+            .collect();
+        if s.auths.len() > max {
+            out.push(format!("+{} more", s.auths.len() - max));
+        }
+        if out.is_empty() {
+            return "nobody (no authorization)".into();
+        }
+        out.join("; ")
     }
 
     /// Whether a server covers `port` as an opaque (per connection) one.

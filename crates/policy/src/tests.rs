@@ -87,6 +87,17 @@ fn an_identity_is_allowed_by_exact_name_suffix_or_spiffe_id_and_others_are_denie
         verdict(a.check(&req(None, "/square.Square/Square"))),
         (Verdict::Deny, Reason::Unauthenticated)
     );
+    // Who would have been allowed: for the proxy's log only.
+    let admits = a.admits("grpc", 5);
+    assert!(
+        admits.contains("clients: client.default.serviceaccount.identity.cluster.local"),
+        "{admits}"
+    );
+    assert!(
+        admits.contains("spiffe: admin.ops.serviceaccount.identity.cluster.local"),
+        "{admits}"
+    );
+    assert_eq!(a.admits("grpc", 1).matches("; ").count(), 1, "one, then how many more");
 }
 
 #[test]

@@ -173,7 +173,7 @@ impl Policy {
                 "no_policy",
                 ask.identity.unwrap_or(""),
             );
-            self.log(ask, "deny", "no_policy", "default");
+            self.log(ask, "deny", "no_policy", "default", &authz);
             return Err(Denied {
                 server: Arc::from("default"),
                 reason: "no policy yet",
@@ -210,12 +210,12 @@ impl Policy {
             Verdict::Allow => Ok(()),
             Verdict::Audit => {
                 if decision.reason != Reason::Default {
-                    self.log(ask, "audit", decision.reason.as_str(), decision.server);
+                    self.log(ask, "audit", decision.reason.as_str(), decision.server, &authz);
                 }
                 Ok(())
             }
             Verdict::Deny => {
-                self.log(ask, "deny", decision.reason.as_str(), decision.server);
+                self.log(ask, "deny", decision.reason.as_str(), decision.server, &authz);
                 Err(Denied {
                     server: Arc::from(decision.server),
                     reason: match decision.reason {
@@ -241,7 +241,9 @@ impl Policy {
         self.metrics.decisions.get_or_create(&labels).inc();
     }
 
-    fn log(&self, ask: &Ask<'_>, decision: &str, reason: &str, server: &str) {
+    /// Logs a denial (or what audit would deny) with who the server admits:
+    /// the detail a client is never told.
+    fn log(&self, ask: &Ask<'_>, decision: &str, reason: &str, server: &str, authz: &Authorizer) {
         {
             let mut b = lock(&self.log_budget);
             if b.0.elapsed() >= Duration::from_secs(1) {
@@ -259,6 +261,7 @@ impl Policy {
             client = %ask.client,
             identity = ask.identity.unwrap_or("-"),
             route = ask.route.map_or("-", |(p, _)| p),
+            admits = %authz.admits(server, 5),
             "authorization"
         );
     }

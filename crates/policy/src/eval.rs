@@ -312,11 +312,6 @@ impl Authorizer {
         out.join("; ")
     }
 
-    /// Whether a server covers `port` as an opaque (per connection) one.
-    pub fn is_opaque(&self, port: u16) -> bool {
-        self.servers.iter().any(|s| s.opaque && s.ports.contains(port))
-    }
-
     /// Whether the request may reach the app.
     pub fn check(&self, req: &Request<'_>) -> Decision<'_> {
         let Some(server) = self.servers.iter().find(|s| s.ports.contains(req.port)) else {
